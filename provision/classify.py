@@ -295,8 +295,8 @@ def _legacy_gpu(gpus: Sequence[Gpu]) -> Trait | None:
     ccs = ", ".join(sorted({g.compute_capability or "?" for g in legacy}))
     reason = (
         f"legacy GPU: {gpu_list(legacy)} at compute capability {ccs}, below 5.0: current CUDA "
-        "builds of Ollama and llama.cpp no longer support it; it needs a legacy build, and "
-        "memory estimates for it are corrected for Kepler's larger graphs"
+        "builds of Ollama and llama.cpp no longer support it, so it needs a legacy build; its "
+        "compute buffers are estimated with the Kepler correction (measured 15-20% smaller)"
     )
     return _trait(TraitKind.LEGACY_GPU, Severity.WARNING, legacy, reason)
 
@@ -309,16 +309,17 @@ def _driver_major(driver_version: str | None) -> int | None:
 
 
 def _ollama_floor_problem(gpu: Gpu, driver_major: int | None, driver: str | None) -> str | None:
+    """Why this GPU is below Ollama's floor, in words shared by every GPU with the same problem."""
     cc = gpu.compute_capability_tuple
     if cc is None:
         return None
     if cc < OLLAMA_MIN_CC:
-        return f"{gpu_label(gpu)} has CC {gpu.compute_capability}, below Ollama's floor of 5.0"
+        return f"compute capability {gpu.compute_capability} is below Ollama's floor of 5.0"
     needed = OLLAMA_OLD_CC_MIN_DRIVER if cc <= OLLAMA_OLD_CC_MAX else OLLAMA_MIN_DRIVER
     if driver_major is not None and driver_major < needed:
         return (
-            f"{gpu_label(gpu)} (CC {gpu.compute_capability}) needs driver >= {needed}, "
-            f"found {driver}"
+            f"compute capability {gpu.compute_capability} needs driver >= {needed} "
+            f"for Ollama, found {driver}"
         )
     return None
 
@@ -326,13 +327,18 @@ def _ollama_floor_problem(gpu: Gpu, driver_major: int | None, driver: str | None
 def _below_ollama_floor(rig: Rig) -> Trait | None:
     driver = rig.host.driver_version
     major = _driver_major(driver)
-    problems = [
-        (g, p) for g in rig.gpus if (p := _ollama_floor_problem(g, major, driver)) is not None
-    ]
-    if not problems:
+    by_problem: dict[str, list[Gpu]] = defaultdict(list)
+    for gpu in rig.gpus:
+        problem = _ollama_floor_problem(gpu, major, driver)
+        if problem is not None:
+            by_problem[problem].append(gpu)
+    if not by_problem:
         return None
-    reason = "below Ollama's support floor: " + "; ".join(p for _, p in problems)
-    return _trait(TraitKind.BELOW_RUNTIME_FLOOR, Severity.WARNING, (g for g, _ in problems), reason)
+    reason = "below Ollama's support floor: " + "; ".join(
+        f"{gpu_list(gpus)}: {problem}" for problem, gpus in by_problem.items()
+    )
+    affected = sorted((g for gpus in by_problem.values() for g in gpus), key=lambda g: g.index)
+    return _trait(TraitKind.BELOW_RUNTIME_FLOOR, Severity.WARNING, affected, reason)
 
 
 def _mig_enabled(gpus: Sequence[Gpu]) -> Trait | None:

@@ -1,0 +1,42 @@
+"""Test helpers: the recorded rigs and a way to run the real `provision` command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from provision.rig import Rig, load_rig
+
+TESTS_DIR = Path(__file__).parent
+REPO_ROOT = TESTS_DIR.parent
+RIGS_DIR = TESTS_DIR / "rigs"
+ALL_RIG_FILES = sorted(RIGS_DIR.glob("*.yaml"))
+
+
+def rig_file(name: str) -> Path:
+    path = RIGS_DIR / f"{name}.yaml"
+    assert path.exists(), f"no recorded rig {path}"
+    return path
+
+
+def load_named_rig(name: str) -> Rig:
+    return load_rig(rig_file(name))
+
+
+def run_provision(
+    *args: str, env: dict[str, str] | None = None, check_no_traceback: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a fresh interpreter, as an operator would."""
+    result = subprocess.run(
+        [sys.executable, "-m", "provision", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+    if check_no_traceback:
+        assert "Traceback" not in result.stderr, result.stderr
+    return result
