@@ -108,6 +108,86 @@ def probe(rig_file: Path | None, root: Path, as_json: bool, save: Path | None) -
         click.echo(f"saved {len(rig.gpus)} GPU(s) to {save}")
 
 
+def _legacy_ollama(version: str | None) -> bool:
+    """Ollama up to 0.12 estimated memory itself, with a 457 MiB minimum per GPU."""
+    if not version:
+        return False
+    parts = version.split(".")
+    try:
+        return (int(parts[0]), int(parts[1])) <= (0, 12)
+    except (ValueError, IndexError):
+        return False
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--ctx", type=int, default=8192, show_default=True, help="Context per request.")
+@click.option("--parallel", type=int, default=1, show_default=True, help="Concurrent requests.")
+@click.option(
+    "--kv-type", type=click.Choice(["f16", "q8_0", "q4_0"]), default="f16", show_default=True
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["ollama", "llama-server"]),
+    default="ollama",
+    show_default=True,
+)
+@rig_options
+@json_option
+def fit(
+    model: str,
+    ctx: int,
+    parallel: int,
+    kv_type: str,
+    runtime: str,
+    rig_file: Path | None,
+    root: Path,
+    as_json: bool,
+) -> None:
+    """Say whether MODEL fits this rig: one GPU, a split, partial offload, or not at all.
+
+    MODEL is a .gguf path, an installed Ollama model (llama3.3:70b) or a catalog name.
+    """
+    import os
+
+    from provision.errors import InputError
+    from provision.estimate import KvType, RunSettings, Runtime
+    from provision.fit import fit_model
+    from provision.fit_report import fit_text, fit_to_plain
+    from provision.models import resolve
+
+    for name, value in (("--ctx", ctx), ("--parallel", parallel)):
+        if value <= 0:
+            raise InputError(f"{name} must be a positive number of tokens/requests, got {value}")
+    rig = _read_rig(rig_file)
+    spec = resolve(model, os.environ)
+    settings = RunSettings(
+        ctx_tokens=ctx, parallel=parallel, kv_type=KvType(kv_type), runtime=Runtime(runtime)
+    )
+    legacy = runtime == "ollama" and _legacy_ollama(rig.host.runtimes.get("ollama"))
+    result = fit_model(rig, spec, settings, legacy)
+    if as_json:
+        click.echo(json.dumps(fit_to_plain(result), indent=2))
+    else:
+        click.echo(fit_text(result))
+    if not spec.kv_known:
+        raise InputError(
+            f"{model}: architecture '{spec.architecture}' is not modelled: the weights are "
+            "estimated from its tensors, the KV cache is unknown",
+            hint="treat the verdict as a lower bound, or measure a real load",
+        )
+
+
+@cli.command()
+def models() -> None:
+    """List the bundled catalog of Ollama library models usable before a pull."""
+    from provision import catalog
+
+    for name in catalog.names():
+        quants = ", ".join(v.quant for v in catalog.variants(name))
+        click.echo(f"{name:<22} {quants}")
+
+
 def main() -> None:
     try:
         cli(prog_name="provision")

@@ -103,3 +103,19 @@ def traits_text(traits: RigTraits) -> str:
 def probe_report(rig: Rig, traits: RigTraits) -> str:
     parts = [host_line(rig), "", table(_HEADERS, gpu_rows(rig)), "", "traits:", traits_text(traits)]
     return "\n".join(parts)
+
+
+BAR_WIDTH = 40
+BAR_LEGEND = "# weights  = KV cache  + compute  ~ overhead  . free"
+
+
+def memory_bar(parts: Sequence[int], free_bytes: int, width: int = BAR_WIDTH) -> str:
+    """[####==+~......]: weights, KV, compute, overhead, then what stays free; '!' past free."""
+    used = sum(parts)
+    scale = max(free_bytes, used, 1)
+    cells = ""
+    for symbol, size in zip("#=+~", parts, strict=True):
+        cells += symbol * round(size / scale * width)
+    if used > free_bytes:
+        cells = cells[:width] + "!"
+    return "[" + cells.ljust(width, ".")[: width + 1] + "]"

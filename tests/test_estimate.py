@@ -1,0 +1,138 @@
+"""The estimator's arithmetic, checked against hand calculations from llama.cpp's rules."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from provision import catalog
+from provision.estimate import (
+    KvType,
+    RunSettings,
+    Runtime,
+    assign_layers,
+    compute_bytes,
+    device_footprint,
+    kv_bytes,
+    kv_cells,
+)
+from provision.models import ModelSpec
+
+GIB = 1024**3
+
+
+def _spec(name: str) -> ModelSpec:
+    spec = catalog.lookup(name)
+    assert spec is not None
+    return spec
+
+
+def test_kv_cache_llama3_8b_is_one_gib_at_8k_f16() -> None:
+    # 32 layers x 8192 cells x (8 kv heads x 128) x (K + V) x 2 bytes = 1 GiB exactly.
+    spec = _spec("llama3.1:8b")
+    settings = RunSettings(ctx_tokens=8192)
+    assert kv_bytes(spec, settings, range(32)) == 1 * GIB
+
+
+@pytest.mark.parametrize(
+    ("kv_type", "expected"), [(KvType.Q8_0, 34 / 64 * GIB), (KvType.Q4_0, 18 / 64 * GIB)]
+)
+def test_quantized_kv_cache_uses_ggml_block_sizes(kv_type: KvType, expected: float) -> None:
+    settings = RunSettings(ctx_tokens=8192, kv_type=kv_type)
+    assert kv_bytes(_spec("llama3.1:8b"), settings, range(32)) == int(expected)
+
+
+def test_ollama_multiplies_context_by_parallel_llama_server_shares_it() -> None:
+    spec = _spec("llama3.1:8b")
+    ollama = RunSettings(ctx_tokens=8192, parallel=4, runtime=Runtime.OLLAMA)
+    server = RunSettings(ctx_tokens=8192, parallel=4, runtime=Runtime.LLAMA_SERVER)
+    assert kv_bytes(spec, ollama, range(32)) == 4 * GIB
+    assert kv_bytes(spec, server, range(32)) == 1 * GIB
+
+
+def test_context_is_padded_to_256_cells() -> None:
+    spec = _spec("llama3.1:8b")
+    assert kv_cells(spec, RunSettings(ctx_tokens=1000)).full == 1024
+    split = RunSettings(ctx_tokens=8192, parallel=3, kv_unified=False)
+    # Per-slot streams: 8192 / 3 = 2730 -> padded to 2816, times three streams.
+    assert kv_cells(spec, split).full == 3 * 2816
+
+
+def test_sliding_window_layers_cache_only_the_window() -> None:
+    spec = _spec("gemma3:12b")
+    assert spec.sliding_window == 1024 and spec.n_layer == 48
+    settings = RunSettings(ctx_tokens=32768)
+    cells = kv_cells(spec, settings)
+    assert cells.full == 32768
+    assert cells.swa == 1536  # window 1024 + ubatch 512, padded to 256
+    per_cell = (spec.n_embd_k_gqa + spec.n_embd_v_gqa) * 2
+    full_layers = 48 // 6
+    expected = full_layers * 32768 * per_cell + (48 - full_layers) * 1536 * per_cell
+    assert kv_bytes(spec, settings, range(48)) == expected
+    four_users = kv_cells(spec, replace(settings, parallel=4))
+    assert four_users.swa == 4 * 1024 + 512  # unified: the window per sequence
+
+
+def test_quantized_kv_needs_flash_attention() -> None:
+    with pytest.raises(ValueError, match="needs flash attention"):
+        RunSettings(ctx_tokens=2048, kv_type=KvType.Q8_0, flash_attention=False)
+    with pytest.raises(ValueError, match="context must be positive"):
+        RunSettings(ctx_tokens=0)
+    with pytest.raises(ValueError, match="parallel must be positive"):
+        RunSettings(ctx_tokens=2048, parallel=0)
+
+
+def test_layer_split_matches_llama_cpp_upper_bound_rule() -> None:
+    # 32 blocks + output = 33 offloadable layers; even split: layer il goes to device 0 while
+    # il / 33 < 0.5, i.e. blocks 0-16; blocks 17-31 and the output head go to device 1.
+    layers, output = assign_layers(32, [1.0, 1.0])
+    assert layers == [list(range(17)), list(range(17, 32))] and output == 1
+    layers, output = assign_layers(80, [3.0, 1.0])
+    assert len(layers[0]) == 61 and len(layers[1]) == 19 and output == 1
+    # Partial offload: -ngl 10 puts the last 9 blocks and the output head on the GPU.
+    layers, output = assign_layers(32, [1.0], n_gpu_layers=10)
+    assert layers == [list(range(23, 32))] and output == 0
+    layers, output = assign_layers(32, [1.0], n_gpu_layers=0)
+    assert layers == [[]] and output is None
+
+
+def test_output_device_holds_logits_in_its_compute_buffer() -> None:
+    spec = _spec("llama3.1:8b")
+    settings = RunSettings(ctx_tokens=8192)
+    with_output = compute_bytes(spec, settings, holds_output=True)
+    without = compute_bytes(spec, settings, holds_output=False)
+    assert with_output - without == 512 * spec.n_vocab * 4
+
+
+def test_no_flash_attention_adds_attention_scores() -> None:
+    spec = _spec("llama3.1:8b")
+    on = compute_bytes(spec, RunSettings(ctx_tokens=8192), holds_output=False)
+    off = compute_bytes(
+        spec, RunSettings(ctx_tokens=8192, flash_attention=False), holds_output=False
+    )
+    assert off - on == 512 * 8192 * spec.n_head * 4
+
+
+def test_kepler_correction_applies_only_below_cc_5() -> None:
+    spec = _spec("llama3.1:8b")
+    settings = RunSettings(ctx_tokens=8192)
+    generic = compute_bytes(spec, settings, True, (8, 6))
+    assert compute_bytes(spec, settings, True, (3, 7)) == int(generic * 0.85)
+    assert compute_bytes(spec, settings, True, (5, 0)) == generic
+
+
+def test_device_footprint_sums_its_layers() -> None:
+    spec = _spec("llama3.3:70b")
+    settings = RunSettings(ctx_tokens=8192)
+    first = device_footprint(spec, settings, range(40), holds_output=False)
+    last = device_footprint(spec, settings, range(40, 80), holds_output=True)
+    assert first.weights_bytes + last.weights_bytes == sum(spec.layer_weight_bytes) + (
+        spec.output_bytes
+    )
+    assert first.kv_bytes + last.kv_bytes == kv_bytes(spec, settings, range(80))
+    assert first.total_bytes == (
+        first.weights_bytes + first.kv_bytes + first.compute_bytes + first.overhead_bytes
+    )
+    idle = device_footprint(spec, settings, [], holds_output=False)
+    assert idle.total_bytes == 0
