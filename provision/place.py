@@ -1,0 +1,207 @@
+"""Rig + profile + model specs -> Placement: which instance runs which model where, and why.
+
+Pure. Implements DESIGN.md §4: a model that fits one GPU stays on one GPU; a larger one is split
+over the fewest, fastest GPUs; throughput profiles get one Ollama per GPU behind nginx; a model
+that does not fit is left out (never rendered to OOM) with what would fit; power limits are
+clamped to NVML's range. Every decision carries its reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from provision.classify import classify, gpu_label, short_name
+from provision.errors import InputError
+from provision.estimate import KvType, RunSettings, Runtime
+from provision.fit import MIB, SAFETY_MARGIN_BYTES, FitResult, Verdict, by_speed, fit_model
+from provision.models import ModelSpec
+from provision.placement import ModelPlacement, Placement
+from provision.profile import ModelEntry, Profile
+from provision.rig import Gpu, Rig
+
+OLLAMA_MODELS_DIR = "/usr/share/ollama/.ollama/models"
+MODELFILE_DIR = "/etc/provision/modelfiles"
+POWER_UNIT = "gpu-power-limits.service"
+WHOLE = (Verdict.SINGLE_GPU, Verdict.SPLIT)
+
+
+def version_tuple(version: str | None) -> tuple[int, ...] | None:
+    if not version:
+        return None
+    numbers = re.findall(r"\d+", version)
+    return tuple(int(n) for n in numbers[:3]) if numbers else None
+
+
+def is_legacy_ollama(version: str | None) -> bool:
+    """Ollama up to 0.12 estimated memory itself; 0.30 and later hand GGUF models to llama.cpp."""
+    parsed = version_tuple(version)
+    return parsed is not None and parsed[:2] <= (0, 12)
+
+
+def settings_for(entry: ModelEntry, profile: Profile) -> RunSettings:
+    quantized = entry.kv_type != KvType.F16
+    return RunSettings(
+        ctx_tokens=entry.ctx,
+        parallel=entry.parallel,
+        kv_type=entry.kv_type,
+        runtime=profile.runtime,
+        flash_attention=profile.flash_attention or quantized,
+        batch=max(entry.num_batch or 2048, 1),
+        ubatch=min(entry.num_batch or 512, 512),
+    )
+
+
+def _pinned_rig(rig: Rig, entry: ModelEntry, at: str) -> Rig:
+    if entry.gpus is None:
+        return rig
+    known = {g.index for g in rig.gpus}
+    missing = sorted(set(entry.gpus) - known)
+    if missing:
+        raise InputError(
+            f"{at}.gpus: GPU {missing[0]} is not in this rig (it has {sorted(known)})",
+            hint="pin to indices that 'provision probe' lists",
+        )
+    return replace(rig, gpus=tuple(g for g in rig.gpus if g.index in entry.gpus))
+
+
+def _with_resident(rig: Rig, placed: Sequence[FitResult]) -> Rig:
+    """The rig as the next model sees it: earlier models' footprints count as used."""
+    used: dict[int, int] = {}
+    for result in placed:
+        for share in result.shares:
+            used[share.gpu.index] = used.get(share.gpu.index, 0) + share.footprint.total_bytes
+    gpus = tuple(
+        replace(
+            g,
+            memory_used_bytes=min(
+                (g.memory_used_bytes or 0) + used.get(g.index, 0), g.memory_total_bytes
+            ),
+        )
+        for g in rig.gpus
+    )
+    return replace(rig, gpus=gpus)
+
+
+def _fit_all(
+    rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec], legacy: bool
+) -> tuple[list[tuple[int, FitResult]], bool]:
+    """Fit models largest first, each beside those already resident; (results, all resident)."""
+    order = sorted(
+        range(len(profile.models)),
+        key=lambda i: -specs[profile.models[i].ref].weight_bytes,
+    )
+    resident: list[FitResult] = []
+    results: list[tuple[int, FitResult]] = []
+    all_resident = True
+    for i in order:
+        entry = profile.models[i]
+        own_rig = _pinned_rig(rig, entry, f"models[{i}]")
+        settings = settings_for(entry, profile)
+        result = fit_model(_with_resident(own_rig, resident), specs[entry.ref], settings, legacy)
+        if result.verdict not in WHOLE:
+            alone = fit_model(own_rig, specs[entry.ref], settings, legacy)
+            if alone.verdict in WHOLE:
+                result, all_resident = alone, False
+        if result.verdict in WHOLE:
+            resident.append(result)
+        results.append((i, result))
+    return sorted(results, key=lambda pair: pair[0]), all_resident
+
+
+def ollama_model_name(entry: ModelEntry) -> str:
+    """The model `ollama create` makes: `<model>:<tag>-ctx<N>` unless the profile names it."""
+    if entry.name:
+        return entry.name
+    ref = entry.ref
+    if ref.endswith(".gguf"):
+        stem = re.sub(r"[^a-z0-9._-]+", "-", ref.rsplit("/", 1)[-1].removesuffix(".gguf").lower())
+        return f"{stem}:ctx{entry.ctx}"
+    model, _, tag = ref.partition(":")
+    return f"{model}:{tag or 'latest'}-ctx{entry.ctx}"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
+
+
+def place(rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec]) -> Placement:
+    """`specs` maps each profile model's ref to its ModelSpec (resolved by the caller)."""
+    from provision import place_power, place_runtime
+
+    traits = classify(rig)
+    version = rig.host.runtimes.get("ollama")
+    legacy = profile.runtime == Runtime.OLLAMA and is_legacy_ollama(version)
+    fits, all_resident = _fit_all(rig, profile, specs, legacy)
+    warnings = [t.reason for t in traits.warnings]
+    if not profile.is_loopback:
+        warnings.append(
+            f"listening on {profile.listen.address}: the API has no authentication; anyone who "
+            "reaches this port can run and delete models (set OLLAMA_ORIGINS for browser clients)"
+        )
+    placements = [
+        _model_placement(profile, entry, specs[entry.ref], fit)
+        for entry, fit in ((profile.models[i], f) for i, f in fits)
+    ]
+    for mp in placements:
+        if not mp.placed:
+            warnings.append(
+                f"{mp.entry.ref} left out: {mp.fit.reason}; what would fit: "
+                + "; ".join(mp.fit.suggestions)
+            )
+    layout = place_runtime.instances(rig, profile, placements, all_resident, version)
+    power = place_power.decide(rig, profile)
+    warnings += layout.warnings + power.warnings
+    return Placement(
+        profile=profile,
+        rig=rig,
+        traits=traits,
+        ollama_version=version,
+        instances=layout.instances,
+        models=layout.models,
+        power=power.decisions,
+        balancer=layout.balancer,
+        warnings=tuple(warnings),
+        disabled_units=layout.disabled_units,
+    )
+
+
+def _model_placement(
+    profile: Profile, entry: ModelEntry, spec: ModelSpec, fit: FitResult
+) -> ModelPlacement:
+    num_gpu = None
+    if fit.verdict == Verdict.PARTIAL_OFFLOAD:
+        # num_gpu counts offloaded layers in total, the output head included (not per GPU).
+        num_gpu = sum(len(s.footprint.layers) + s.footprint.holds_output for s in fit.shares)
+    if profile.runtime == Runtime.OLLAMA:
+        name = ollama_model_name(entry)
+        modelfile = f"{MODELFILE_DIR}/{_slug(name)}.Modelfile"
+    else:
+        name, modelfile = entry.name or entry.ref, None
+    return ModelPlacement(
+        entry=entry,
+        name=name,
+        spec=spec,
+        fit=fit,
+        settings=settings_for(entry, profile),
+        units=(),
+        modelfile_path=modelfile if fit.verdict != Verdict.NO_FIT else None,
+        num_gpu=num_gpu,
+    )
+
+
+def fit_target_mib() -> int:
+    """What llama.cpp's --fit leaves free per device: our safety margin."""
+    return SAFETY_MARGIN_BYTES // MIB
+
+
+def describe_gpus(gpus: Sequence[Gpu]) -> str:
+    return ", ".join(f"{gpu_label(g)}" for g in gpus) or "no GPU"
+
+
+def fastest_first(gpus: Sequence[Gpu]) -> list[Gpu]:
+    return by_speed(gpus)
+
+
+__all__ = ["describe_gpus", "fastest_first", "place", "short_name"]

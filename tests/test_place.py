@@ -1,0 +1,203 @@
+"""Placement rules by name (DESIGN.md §4, issue 4): each decision and its reason."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from provision.errors import InputError
+from provision.fit import Verdict
+from provision.models import resolve
+from provision.place import place
+from provision.placement import Placement
+from provision.profile import load_profile
+from tests.helpers import load_named_rig
+
+
+def _place(rig_name: str, profile_ref: str) -> Placement:
+    profile = load_profile(profile_ref)
+    specs = {m.ref: resolve(m.ref, os.environ) for m in profile.models}
+    return place(load_named_rig(rig_name), profile, specs)
+
+
+def _profile(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "profile.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def _env(placement: Placement, unit: str = "ollama.service") -> dict[str, str]:
+    instance = next(i for i in placement.instances if i.unit == unit)
+    return dict(instance.env)
+
+
+def test_models_that_fit_one_gpu_are_never_split() -> None:
+    plan = _place("synthetic-2x3090-x16-x8", "ollama-auto")
+    assert [m.fit.verdict for m in plan.models] == [Verdict.SINGLE_GPU] * 2
+    assert sorted(m.gpu_indices for m in plan.models) == [(0,), (1,)]  # side by side
+    env = _env(plan)
+    assert "OLLAMA_SCHED_SPREAD" not in env
+    assert env["OLLAMA_MAX_LOADED_MODELS"] == "2"
+
+
+def test_70b_at_8k_on_2x3090_splits_across_both_with_spread(tmp_path: Path) -> None:
+    ref = _profile(tmp_path, "models: [{ref: llama3.3:70b, ctx: 8192}]\n")
+    plan = _place("synthetic-2x3090-x16-x8", ref)
+    (model,) = plan.models
+    assert model.fit.verdict == Verdict.SPLIT and sorted(model.gpu_indices) == [0, 1]
+    assert model.fit.reason.startswith("split across 0,1 because")
+    env = _env(plan)
+    assert env["OLLAMA_SCHED_SPREAD"] == "1"
+    assert env["OLLAMA_CONTEXT_LENGTH"] == "8192"
+    rig = load_named_rig("synthetic-2x3090-x16-x8")
+    assert env["CUDA_VISIBLE_DEVICES"].split(",") == [g.uuid for g in rig.gpus]
+    assert "spread evenly" in plan.instances[0].reason
+
+
+def test_spread_is_not_set_when_another_model_fits_one_gpu(tmp_path: Path) -> None:
+    text = "models: [{ref: llama3.3:70b, ctx: 2048}, {ref: llama3.2:3b, ctx: 2048}]\n"
+    plan = _place("synthetic-2xa6000", _profile(tmp_path, text))
+    assert "OLLAMA_SCHED_SPREAD" not in _env(plan)
+
+
+def test_4090_comes_first_on_4090_plus_3090(tmp_path: Path) -> None:
+    rig = load_named_rig("synthetic-4090-3090")
+    uuid_4090 = next(g.uuid for g in rig.gpus if "4090" in g.name)
+    ref = _profile(tmp_path, "models: [{ref: llama3.3:70b, ctx: 8192}]\n")
+    env = _env(_place("synthetic-4090-3090", ref))
+    assert env["CUDA_VISIBLE_DEVICES"].split(",")[0] == uuid_4090
+    server = _place("synthetic-4090-3090", "llama-server").instances[0]
+    assert server.gpu_uuids[0] == uuid_4090
+    args = list(server.args)
+    assert args[args.index("--device") + 1] == "CUDA0,CUDA1"
+    split = [int(x) for x in args[args.index("-ts") + 1].split(",")]
+    assert sum(split) == 81  # 80 blocks + the output head
+    assert "--fit" not in args and args[args.index("-ngl") + 1] == "all"
+
+
+def test_asymmetric_split_on_new_ollama_gets_an_explicit_tensor_split(tmp_path: Path) -> None:
+    # This rig runs Ollama 0.30.x: llama.cpp places layers, we pass the decided split.
+    ref = _profile(tmp_path, "models: [{ref: qwen2.5:32b, ctx: 32768}]\n")
+    plan = _place("synthetic-3090-1080ti-driver560", ref)
+    (model,) = plan.models
+    if model.fit.verdict == Verdict.SPLIT:
+        env = _env(plan)
+        assert env["LLAMA_ARG_FIT_TARGET"] == "512"
+        assert len(env["LLAMA_ARG_TENSOR_SPLIT"].split(",")) == 2
+    else:
+        pytest.fail(f"expected a split, got {model.fit.verdict}")
+
+
+def test_legacy_ollama_gets_no_llama_cpp_variables() -> None:
+    plan = _place("synthetic-2x3090-x16-x8", "ollama-auto")  # Ollama 0.12.6
+    assert not any(k.startswith("LLAMA_ARG_") for k in _env(plan))
+
+
+def test_replicas_with_an_8b_model_on_2x3090_give_two_instances_and_nginx() -> None:
+    plan = _place("synthetic-2x3090-x16-x8", "ollama-replicas")
+    assert [i.unit for i in plan.instances] == ["ollama@0.service", "ollama@1.service"]
+    assert plan.disabled_units == ("ollama.service",)
+    assert plan.balancer is not None and plan.balancer.port == 11434
+    assert {port for _, port in plan.balancer.upstreams} == {i.port for i in plan.instances}
+    uuids = [i.gpu_uuids for i in plan.instances]
+    assert len({u for (u,) in uuids}) == 2
+    for instance in plan.instances:
+        env = dict(instance.env)
+        assert env["OLLAMA_HOST"] == f"127.0.0.1:{instance.port}"
+        assert env["OLLAMA_MODELS"] == "/usr/share/ollama/.ollama/models"  # stored once
+
+
+def test_replicas_fall_back_to_one_instance_when_only_one_gpu_can_hold_the_model() -> None:
+    plan = _place("synthetic-1x4090", "ollama-replicas")
+    assert [i.unit for i in plan.instances] == ["ollama.service"]
+    assert plan.balancer is None
+
+
+def test_k80_rig_is_warned_about_and_still_placed() -> None:
+    plan = _place("synthetic-2xk80", "ollama-auto")
+    assert any("legacy GPU" in w for w in plan.warnings)
+    assert any("below Ollama's support floor" in w for w in plan.warnings)
+    assert all(m.placed for m in plan.models)
+    share = plan.models[0].fit.shares[0]
+    assert share.gpu.compute_capability == "3.7"
+
+
+def test_x4_riser_is_warned_about() -> None:
+    plan = _place("synthetic-4x3090-x4-riser", "ollama-auto")
+    assert any("GPU 3 (RTX 3090) at most PCIe 3.0 x4" in w for w in plan.warnings)
+
+
+def test_psu_budget_is_shared_and_clamped_to_nvml_limits(tmp_path: Path) -> None:
+    plan = _place("synthetic-2x3090-x16-x8", "power-capped")  # 850 - 250 = 600 W over two
+    assert [d.target_w for d in plan.power] == [300.0, 300.0]
+    assert all(d.default_w == 350.0 for d in plan.power)
+    tight = _profile(tmp_path, "extends: ollama-auto\npower: {psu_w: 400, platform_w: 250}\n")
+    clamped = _place("synthetic-2x3090-x16-x8", tight)  # 75 W each, below the 100 W minimum
+    assert [d.target_w for d in clamped.power] == [100.0, 100.0]
+    assert all("raised to NVML's minimum 100 W" in d.reason for d in clamped.power)
+    assert any("minimum limits add up to 200 W" in w for w in clamped.warnings)
+    high = _profile(tmp_path, "extends: ollama-auto\npower: {per_gpu_w: 500}\n")
+    assert [d.target_w for d in _place("synthetic-2x3090-x16-x8", high).power] == [400.0, 400.0]
+
+
+def test_budget_never_raises_a_card_above_its_default(tmp_path: Path) -> None:
+    roomy = _profile(tmp_path, "extends: ollama-auto\npower: {psu_w: 2000, platform_w: 250}\n")
+    plan = _place("synthetic-2x3090-x16-x8", roomy)
+    assert [d.target_w for d in plan.power] == [350.0, 350.0]
+
+
+def test_too_large_model_is_left_out_with_suggestions(tmp_path: Path) -> None:
+    profile = load_profile(
+        _profile(tmp_path, "models: [{ref: mixtral:8x22b, ctx: 8192}, {ref: llama3.1:8b}]\n")
+    )
+    rig = load_named_rig("synthetic-4090-4060ti16")
+    small_ram = replace(rig, host=replace(rig.host, ram_bytes=32 * 1024**3))
+    plan = place(small_ram, profile, {m.ref: resolve(m.ref, os.environ) for m in profile.models})
+    big = next(m for m in plan.models if m.entry.ref == "mixtral:8x22b")
+    assert big.fit.verdict == Verdict.NO_FIT
+    assert big.units == () and big.modelfile_path is None
+    assert big.name not in plan.instances[0].models
+    assert any(w.startswith("mixtral:8x22b left out") and "context" in w for w in plan.warnings)
+
+
+def test_exposed_listen_address_warns(tmp_path: Path) -> None:
+    text = "expose: true\nlisten: {address: 0.0.0.0}\nmodels: [{ref: llama3.1:8b}]\n"
+    plan = _place("synthetic-1x4090", _profile(tmp_path, text))
+    assert any("no authentication" in w and "OLLAMA_ORIGINS" in w for w in plan.warnings)
+    assert _env(plan)["OLLAMA_HOST"] == "0.0.0.0:11434"
+
+
+def test_pinned_model_stays_on_its_gpus(tmp_path: Path) -> None:
+    plan = _place(
+        "synthetic-2x3090-x16-x8", _profile(tmp_path, "models: [{ref: llama3.1:8b, gpus: [1]}]\n")
+    )
+    assert plan.models[0].gpu_indices == (1,)
+    with pytest.raises(InputError, match="GPU 5 is not in this rig"):
+        _place(
+            "synthetic-2x3090-x16-x8",
+            _profile(tmp_path, "models: [{ref: llama3.1:8b, gpus: [5]}]\n"),
+        )
+
+
+def test_ollama_kv_type_must_agree_across_models(tmp_path: Path) -> None:
+    text = "models: [{ref: llama3.1:8b, kv_type: q8_0}, {ref: llama3.2:3b}]\n"
+    with pytest.raises(InputError, match="OLLAMA_KV_CACHE_TYPE is server-wide"):
+        _place("synthetic-2x3090-x16-x8", _profile(tmp_path, text))
+
+
+def test_quantized_kv_turns_flash_attention_on(tmp_path: Path) -> None:
+    text = "models: [{ref: llama3.1:8b, kv_type: q8_0}]\n"
+    env = _env(_place("synthetic-2x3090-x16-x8", _profile(tmp_path, text)))
+    assert env["OLLAMA_FLASH_ATTENTION"] == "1" and env["OLLAMA_KV_CACHE_TYPE"] == "q8_0"
+
+
+def test_partial_offload_sets_num_gpu_and_ngl() -> None:
+    plan = _place("synthetic-1x4090", "llama-server")
+    (model,) = plan.models
+    assert model.fit.verdict == Verdict.PARTIAL_OFFLOAD
+    args = list(plan.instances[0].args)
+    layers_on_gpu = len(model.fit.shares[0].footprint.layers) + 1  # + the output head
+    assert args[args.index("-ngl") + 1] == str(layers_on_gpu) == str(model.num_gpu)

@@ -1,0 +1,103 @@
+"""Workload profiles: bundled ones load, `extends` merges, bad values name file, line, field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from provision.errors import ExitCode, InputError
+from provision.estimate import KvType, Runtime
+from provision.profile import bundled_names, load_profile
+
+
+def test_bundled_profiles_load() -> None:
+    assert bundled_names() == ["llama-server", "ollama-auto", "ollama-replicas", "power-capped"]
+    default = load_profile(None)
+    assert default.name == "ollama-auto" and default.runtime == Runtime.OLLAMA
+    assert (default.listen.address, default.listen.port) == ("127.0.0.1", 11434)
+    assert load_profile("ollama-replicas").replicas == "auto"
+    assert load_profile("llama-server").runtime == Runtime.LLAMA_SERVER
+
+
+def test_extends_merges_over_the_parent() -> None:
+    capped = load_profile("power-capped")
+    assert capped.models == load_profile("ollama-auto").models
+    assert capped.power is not None and capped.power.psu_w == 850
+
+
+def _write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_extends_a_file_beside_it(tmp_path: Path) -> None:
+    _write(tmp_path, "models: [{ref: llama3.1:8b, ctx: 4096}]\n", "base.yaml")
+    child = _write(tmp_path, "extends: base.yaml\nlisten: {port: 9000}\n")
+    profile = load_profile(str(child))
+    assert profile.models[0].ctx == 4096 and profile.listen.port == 9000
+    assert profile.listen.address == "127.0.0.1"
+
+
+def test_circular_extends_is_refused(tmp_path: Path) -> None:
+    _write(tmp_path, "extends: b.yaml\n", "a.yaml")
+    _write(tmp_path, "extends: a.yaml\n", "b.yaml")
+    with pytest.raises(InputError, match="circular"):
+        load_profile(str(tmp_path / "a.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "problem"),
+    [
+        ("models:\n  - ref: x\n    ctx: big\n", 3, "models[0].ctx", "expected an integer"),
+        ("models:\n  - ref: x\n    kv_type: q5_0\n", 3, "models[0].kv_type", "one of 'f16'"),
+        ("runtime: vllm\nmodels: [{ref: x}]\n", 1, "runtime", "one of 'ollama'"),
+        ("models: [{ref: x}]\nlisten:\n  port: 70000\n", 3, "listen.port", "1-65535"),
+        ("models: [{ref: x}]\nlisten:\n  address: 0.0.0.0\n", 3, "listen.address",
+         "not a loopback address"),
+        ("models:\n- ref: x\n  keep_alive: \"5m\\nExecStartPre=/bin/rm -rf /\"\n", 3,
+         "models[0].keep_alive", "newline or control character"),
+        ("models:\n- ref: x\n  colour: red\n", 3, "models[0].colour", "unknown field"),
+        ("models: []\n", 1, "models", "at least one model"),
+        ("models: [{ref: x}]\npower: {psu_w: 1000}\n", 2, "power.platform_w", "needed with psu_w"),
+        ("models: [{ref: x}]\npower: {per_gpu_w: 300, psu_w: 900, platform_w: 100}\n", 2,
+         "power", "not both"),
+        ("models:\n- ref: x\n  ctx: 0\n", 3, "models[0].ctx", "must be positive"),
+        ("models:\n- ref: x\n  path: relative/model.gguf\n", 3, "models[0].path", "absolute"),
+        ("replicas: many\nmodels: [{ref: x}]\n", 1, "replicas", "'auto'"),
+    ],
+)  # fmt: skip
+def test_bad_values_name_file_line_and_field(
+    tmp_path: Path, text: str, line: int, field: str, problem: str
+) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(InputError) as info:
+        load_profile(str(path))
+    assert info.value.exit_code == ExitCode.BAD_INPUT
+    assert info.value.message.startswith(f"{path}:{line}: field '{field}'"), info.value.message
+    assert problem in info.value.message
+    assert info.value.hint
+
+
+def test_exposed_address_is_allowed_with_expose(tmp_path: Path) -> None:
+    path = _write(tmp_path, "expose: true\nlisten: {address: 0.0.0.0}\nmodels: [{ref: x}]\n")
+    profile = load_profile(str(path))
+    assert not profile.is_loopback
+
+
+def test_malformed_yaml_names_the_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "models:\n  - ref: x\n   ctx: 1\n")
+    with pytest.raises(InputError, match=rf"^{path}:3: not valid YAML"):
+        load_profile(str(path))
+
+
+def test_unknown_profile_lists_the_bundled_ones() -> None:
+    with pytest.raises(InputError) as info:
+        load_profile("no-such-profile")
+    assert "ollama-auto" in (info.value.hint or "")
+
+
+def test_kv_type_parses_to_the_enum(tmp_path: Path) -> None:
+    path = _write(tmp_path, "models: [{ref: x, kv_type: q8_0}]\n")
+    assert load_profile(str(path)).models[0].kv_type == KvType.Q8_0
