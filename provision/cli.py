@@ -178,6 +178,33 @@ def fit(
         )
 
 
+def profile_option(func: F) -> F:
+    return click.option(
+        "--profile",
+        "profile_ref",
+        metavar="NAME|FILE",
+        help="A bundled profile name or a profile file (default: ollama-auto).",
+    )(func)
+
+
+@cli.command()
+@rig_options
+@profile_option
+@json_option
+def plan(rig_file: Path | None, root: Path, profile_ref: str | None, as_json: bool) -> None:
+    """Decide where each model runs, with reasons, and list the files it would write."""
+    import os
+
+    from provision.pipeline import desired_state
+    from provision.plan_report import plan_text, plan_to_plain
+
+    placement, desired = desired_state(_read_rig(rig_file), profile_ref, os.environ)
+    if as_json:
+        click.echo(json.dumps(plan_to_plain(placement, desired), indent=2))
+    else:
+        click.echo(plan_text(placement, desired))
+
+
 @cli.command()
 def models() -> None:
     """List the bundled catalog of Ollama library models usable before a pull."""

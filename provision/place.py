@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from provision.classify import classify, gpu_label, short_name
+from provision.classify import TraitKind, classify, gpu_label, short_name
 from provision.errors import InputError
 from provision.estimate import KvType, RunSettings, Runtime
 from provision.fit import MIB, SAFETY_MARGIN_BYTES, FitResult, Verdict, by_speed, fit_model
@@ -100,12 +100,16 @@ def _fit_all(
         own_rig = _pinned_rig(rig, entry, f"models[{i}]")
         settings = settings_for(entry, profile)
         result = fit_model(_with_resident(own_rig, resident), specs[entry.ref], settings, legacy)
-        if result.verdict not in WHOLE:
+        if result.verdict != Verdict.SINGLE_GPU:
+            # Alone on the rig it may fit one GPU: then it is never split (the runtime swaps
+            # models instead), and it never offloads what the GPUs could hold on their own.
             alone = fit_model(own_rig, specs[entry.ref], settings, legacy)
-            if alone.verdict in WHOLE:
+            if alone.verdict == Verdict.SINGLE_GPU or (
+                alone.verdict in WHOLE and result.verdict not in WHOLE
+            ):
                 result, all_resident = alone, False
-        if result.verdict in WHOLE:
-            resident.append(result)
+        if result.verdict != Verdict.NO_FIT:
+            resident.append(result)  # offloaded layers occupy their GPUs too
         results.append((i, result))
     return sorted(results, key=lambda pair: pair[0]), all_resident
 
@@ -133,8 +137,18 @@ def place(rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec]) -> Placeme
     traits = classify(rig)
     version = rig.host.runtimes.get("ollama")
     legacy = profile.runtime == Runtime.OLLAMA and is_legacy_ollama(version)
-    fits, all_resident = _fit_all(rig, profile, specs, legacy)
     warnings = [t.reason for t in traits.warnings]
+    rig_for_models = rig
+    below = traits.get(TraitKind.BELOW_RUNTIME_FLOOR)
+    if profile.runtime == Runtime.OLLAMA and below is not None:
+        supported = tuple(g for g in rig.gpus if g.index not in below.gpus)
+        if supported:
+            # Ollama would fall back to the CPU there; on a rig of only such cards (a K80 box
+            # with a legacy build) they are all that there is, so they stay.
+            rig_for_models = replace(rig, gpus=supported)
+            left_out = ", ".join(gpu_label(g) for g in rig.gpus if g.index in below.gpus)
+            warnings.append(f"{left_out} left out of Ollama's GPUs: below its support floor")
+    fits, all_resident = _fit_all(rig_for_models, profile, specs, legacy)
     if not profile.is_loopback:
         warnings.append(
             f"listening on {profile.listen.address}: the API has no authentication; anyone who "
@@ -150,7 +164,7 @@ def place(rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec]) -> Placeme
                 f"{mp.entry.ref} left out: {mp.fit.reason}; what would fit: "
                 + "; ".join(mp.fit.suggestions)
             )
-    layout = place_runtime.instances(rig, profile, placements, all_resident, version)
+    layout = place_runtime.instances(rig_for_models, profile, placements, all_resident, version)
     power = place_power.decide(rig, profile)
     warnings += layout.warnings + power.warnings
     return Placement(

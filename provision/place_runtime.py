@@ -68,6 +68,11 @@ def _common_ollama_env(profile: Profile, placed: Sequence[ModelPlacement]) -> li
     return env
 
 
+def host_port(address: str, port: int) -> str:
+    """HOST:PORT, with an IPv6 address in brackets."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def _duration_rank(duration: str) -> float:
     """Longest keep_alive wins; -1 (forever) beats any duration."""
     if duration.startswith("-"):
@@ -92,7 +97,7 @@ def _ollama_single(
     env = [
         ("CUDA_VISIBLE_DEVICES", ",".join(g.uuid for g in gpus)),
         ("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),
-        ("OLLAMA_HOST", f"{listen.address}:{listen.port}"),
+        ("OLLAMA_HOST", host_port(listen.address, listen.port)),
         *_common_ollama_env(profile, placed),
         ("OLLAMA_MAX_LOADED_MODELS", str(len(placed) if all_resident else 1)),
     ]
@@ -111,7 +116,7 @@ def _ollama_single(
     if not is_legacy_ollama(version):
         env.append(("LLAMA_ARG_FIT_TARGET", str(FIT_TARGET_MIB)))
         reasons.append(f"llama.cpp's fit leaves {FIT_TARGET_MIB} MiB free per GPU")
-        tensor_split = _explicit_split(rig, split, gpus)
+        tensor_split = _explicit_split(rig, placed, split, gpus)
         if tensor_split:
             env.append(("LLAMA_ARG_TENSOR_SPLIT", tensor_split))
             reasons.append(f"explicit split {tensor_split} for {split[0].entry.ref}")
@@ -145,9 +150,15 @@ def _is_symmetric(rig: Rig) -> bool:
     return classify(rig).has(TraitKind.SYMMETRIC)
 
 
-def _explicit_split(rig: Rig, split: Sequence[ModelPlacement], gpus: Sequence[Gpu]) -> str | None:
-    """LLAMA_ARG_TENSOR_SPLIT is server-wide: only for one split model on an uneven rig."""
-    if len(split) != 1 or _is_symmetric(rig):
+def _explicit_split(
+    rig: Rig,
+    placed: Sequence[ModelPlacement],
+    split: Sequence[ModelPlacement],
+    gpus: Sequence[Gpu],
+) -> str | None:
+    """LLAMA_ARG_TENSOR_SPLIT is server-wide: only when the one split model is the only model
+    placed (Ollama hands the variable to every llama-server it starts), on an uneven rig."""
+    if len(split) != 1 or len(placed) != 1 or _is_symmetric(rig):
         return None
     by_index = {s.gpu.index: s for s in split[0].fit.shares}
     if set(by_index) != {g.index for g in gpus}:

@@ -81,7 +81,7 @@ def test_4090_comes_first_on_4090_plus_3090(tmp_path: Path) -> None:
 def test_asymmetric_split_on_new_ollama_gets_an_explicit_tensor_split(tmp_path: Path) -> None:
     # This rig runs Ollama 0.30.x: llama.cpp places layers, we pass the decided split.
     ref = _profile(tmp_path, "models: [{ref: qwen2.5:32b, ctx: 32768}]\n")
-    plan = _place("synthetic-3090-1080ti-driver560", ref)
+    plan = _place("synthetic-2060-3090", ref)
     (model,) = plan.models
     if model.fit.verdict == Verdict.SPLIT:
         env = _env(plan)

@@ -1,0 +1,55 @@
+"""Rig + profile reference -> (Placement, DesiredState): the one path every command takes.
+
+Loads the profile, resolves each model reference (a GGUF file, an installed Ollama model or the
+bundled catalog), places and renders, and stamps the digests the manifest records so that
+`verify` knows which plan it checks. Reads files; never the host's services.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import fields, replace
+
+from provision.desired import DesiredState
+from provision.placement import Placement
+from provision.profile import Profile
+from provision.rig import Rig
+
+
+def desired_state(
+    rig: Rig, profile_ref: str | None, environ: Mapping[str, str]
+) -> tuple[Placement, DesiredState]:
+    from provision.models import resolve
+    from provision.place import place
+    from provision.profile import load_profile
+    from provision.render import render
+
+    profile = load_profile(profile_ref)
+    specs = {entry.ref: resolve(entry.ref, environ) for entry in profile.models}
+    placement = place(rig, profile, specs)
+    desired = replace(
+        render(placement), profile_digest=profile_digest(profile), rig_digest=rig_digest(rig)
+    )
+    return placement, desired
+
+
+def profile_digest(profile: Profile) -> str:
+    """sha256 of the resolved profile data (after `extends:`), not of where it was read from."""
+    from provision.typed_load import to_plain
+
+    data = {
+        f.name: to_plain(getattr(profile, f.name))
+        for f in fields(profile)
+        if f.name not in ("name", "source")
+    }
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def rig_digest(rig: Rig) -> str:
+    """sha256 of the canonical snapshot JSON."""
+    from provision.rig import dump_rig
+
+    return hashlib.sha256(dump_rig(rig, "json").encode()).hexdigest()

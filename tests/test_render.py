@@ -1,0 +1,142 @@
+"""What `render` decides beyond file contents: unit actions, restarts, power, models, digests."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from provision.desired import DesiredState
+from provision.pipeline import desired_state, profile_digest, rig_digest
+from provision.profile import load_profile
+from provision.render import OLLAMA_DROPIN, OLLAMA_TEMPLATE_UNIT, render
+from provision.rig import dump_rig, load_rig
+from tests.golden_cases import ENVIRON
+from tests.helpers import REPO_ROOT, rig_file
+
+TWO_3090 = load_rig(rig_file("synthetic-2x3090-x16-x8"))
+
+
+def _desired(profile: str, rig: str = "synthetic-2x3090-x16-x8") -> DesiredState:
+    return desired_state(load_rig(rig_file(rig)), profile, ENVIRON)[1]
+
+
+def _file(desired: DesiredState, path: str) -> str:
+    (content,) = [f.content for f in desired.files if f.path == path]
+    return content
+
+
+def test_importing_render_does_not_import_jinja2() -> None:
+    code = "import sys, provision.render; print('jinja2' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT
+    )
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_render_is_deterministic() -> None:
+    placement, first = desired_state(TWO_3090, "power-capped", ENVIRON)
+    assert render(placement) == render(placement)
+    assert first == desired_state(TWO_3090, "power-capped", ENVIRON)[1]
+
+
+def test_every_file_we_write_carries_the_managed_header() -> None:
+    for profile in ("ollama-auto", "ollama-replicas", "llama-server", "power-capped"):
+        for file in _desired(profile).files:
+            assert file.content.startswith("# Managed by provision."), file.path
+            assert (file.mode, file.owner, file.group) == (0o644, "root", "root")
+
+
+def test_single_ollama_drop_in_restarts_ollama() -> None:
+    desired = _desired("ollama-auto")
+    (dropin,) = [f for f in desired.files if f.path == OLLAMA_DROPIN]
+    assert dropin.restarts == ("ollama.service",) and dropin.is_systemd_unit
+    assert [(u.name, u.enabled, u.listen) for u in desired.units] == [
+        ("ollama.service", True, ("127.0.0.1", 11434))
+    ]
+    assert 'Environment="OLLAMA_CONTEXT_LENGTH=8192"' in dropin.content
+
+
+def test_replicas_disable_the_stock_unit_and_put_nginx_in_front() -> None:
+    desired = _desired("ollama-replicas")
+    actions = [(u.name, u.enabled, u.active) for u in desired.units]
+    assert actions == [
+        ("ollama.service", False, False),
+        ("ollama@0.service", True, True),
+        ("ollama@1.service", True, True),
+        ("nginx.service", True, True),
+    ]
+    by_path = {f.path: f for f in desired.files}
+    assert OLLAMA_DROPIN not in by_path
+    assert by_path[OLLAMA_TEMPLATE_UNIT].restarts == ("ollama@0.service", "ollama@1.service")
+    assert by_path["/etc/provision/ollama/1.env"].restarts == ("ollama@1.service",)
+    site = by_path["/etc/nginx/conf.d/provision-ollama.conf"]
+    assert site.reloads == ("nginx.service",) and not site.restarts
+    assert "least_conn;" in site.content and "listen 127.0.0.1:11434;" in site.content
+    for upstream in ("server 127.0.0.1:11435;", "server 127.0.0.1:11436;"):
+        assert upstream in site.content
+
+
+def test_power_unit_orders_before_every_inference_unit() -> None:
+    desired = _desired("power-capped", "synthetic-4x3090-x4-riser")
+    unit = _file(desired, "/etc/systemd/system/gpu-power-limits.service")
+    assert "Before=ollama.service\n" in unit and "After=nvidia-persistenced.service\n" in unit
+    assert unit.count("ExecStart=/usr/bin/nvidia-smi -i GPU-") == 4
+    assert unit.count("ExecStop=/usr/bin/nvidia-smi -i GPU-") == 4
+    assert "After=gpu-power-limits.service\n" in _file(desired, OLLAMA_DROPIN)
+    assert [p.target_w for p in desired.power] == [150.0] * 4
+    assert desired.units[0].name == "gpu-power-limits.service" and desired.units[0].oneshot
+
+
+def test_power_unit_orders_before_replicas(tmp_path: Path) -> None:
+    profile = tmp_path / "replicas-capped.yaml"
+    profile.write_text("extends: ollama-replicas\npower: {per_gpu_w: 250}\n")
+    desired = desired_state(TWO_3090, str(profile), ENVIRON)[1]
+    unit = _file(desired, "/etc/systemd/system/gpu-power-limits.service")
+    assert "Before=ollama@0.service ollama@1.service\n" in unit
+    template = _file(desired, OLLAMA_TEMPLATE_UNIT)
+    assert "After=network-online.target gpu-power-limits.service\n" in template
+
+
+def test_models_are_created_from_their_modelfiles() -> None:
+    desired = _desired("ollama-auto")
+    assert [(m.name, m.base) for m in desired.models] == [
+        ("qwen2.5:32b-ctx8192", "qwen2.5:32b"),
+        ("llama3.1:8b-ctx8192", "llama3.1:8b"),
+    ]
+    for model in desired.models:
+        text = _file(desired, model.modelfile_path)
+        assert f"\nFROM {model.base}\nPARAMETER num_ctx 8192\n" in text
+
+
+def test_partial_offload_sets_num_gpu() -> None:
+    desired = _desired("ollama-auto", "synthetic-nulls")
+    text = _file(desired, "/etc/provision/modelfiles/qwen2.5-32b-ctx8192.Modelfile")
+    assert "\nPARAMETER num_gpu 33\n" in text
+
+
+def test_llama_server_unit() -> None:
+    desired = _desired("llama-server")
+    (unit,) = desired.units
+    content = _file(desired, f"/etc/systemd/system/{unit.name}")
+    assert "\nExecStart=/usr/local/bin/llama-server -m /srv/models/" in content
+    assert "\nDynamicUser=yes\n" in content and "\nRestart=on-failure\n" in content
+    assert unit.listen == ("127.0.0.1", 8080)
+
+
+def test_profile_digest_follows_content_not_location(tmp_path: Path) -> None:
+    bundled = load_profile("ollama-auto")
+    copy = tmp_path / "mine.yaml"
+    shutil.copyfile(REPO_ROOT / "profiles/ollama-auto.yaml", copy)
+    assert profile_digest(load_profile(str(copy))) == profile_digest(bundled)
+    copy.write_text(copy.read_text().replace("keep_alive: 10m", "keep_alive: 11m", 1))
+    assert profile_digest(load_profile(str(copy))) != profile_digest(bundled)
+
+
+def test_digests_are_stamped() -> None:
+    desired = _desired("ollama-auto")
+    assert desired.rig_digest == rig_digest(TWO_3090)
+    assert desired.rig_digest == hashlib.sha256(dump_rig(TWO_3090, "json").encode()).hexdigest()
+    assert len(desired.profile_digest) == 64
