@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/provision probe --rig $(SAMPLE_RIG)
+	@echo
+	$(BIN)/provision plan --rig $(SAMPLE_RIG)
 
 # The benchmark runs with a bound 5x its target: it catches regressions, not noise.
-test: $(STAMP) lint
+test: $(STAMP) system-deps lint
 	$(BIN)/pytest
 	$(BIN)/python bench/probe_speed.py --runs 7 --bound-ms 1000
 
@@ -33,3 +35,24 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# The system tests (tests/system) boot a real systemd in systemd-nspawn containers. CI is a
+# fresh Debian 12 VM running as root: install the host packages once (no-op when present), with
+# a temporary policy-rc.d so that installing nginx does not start it on the host.
+SYSTEM_DEBS := systemd-container mmdebstrap nginx zstd
+
+.PHONY: rootfs system-deps
+
+system-deps:
+	@n=$$(dpkg-query -W -f='$${Status}\n' $(SYSTEM_DEBS) 2>/dev/null | grep -c '^install ok installed$$'); \
+	if [ "$$n" -ne $(words $(SYSTEM_DEBS)) ]; then \
+		if [ "$$(id -u)" -ne 0 ]; then echo "system-deps: run as root to install $(SYSTEM_DEBS)" >&2; exit 1; fi; \
+		guard=; if [ ! -e /usr/sbin/policy-rc.d ]; then guard=1; printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; fi; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_DEBS); rc=$$?; \
+		if [ -n "$$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc; \
+	fi
+
+# Build and cache the Debian bookworm rootfs the system tests boot (outside the repo, under
+# ${XDG_CACHE_HOME:-~/.cache}/gpu-provision/rootfs); the test fixture builds it when missing too.
+rootfs: system-deps
+	$(PYTHON) -m tests.system.nspawn rootfs
