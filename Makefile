@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SAMPLE_RIG := tests/rigs/synthetic-2x3090-x16-x8.yaml
+# A scratch root holding only what Ollama's installer would have written.
+DEMO_ROOT := build/demo-root
 
 .PHONY: install demo test lint bench clean
 
@@ -19,6 +21,9 @@ demo: $(STAMP)
 	$(BIN)/provision probe --rig $(SAMPLE_RIG)
 	@echo
 	$(BIN)/provision plan --rig $(SAMPLE_RIG)
+	@echo
+	rm -rf $(DEMO_ROOT) && mkdir -p build && cp -r tests/data/stock-root $(DEMO_ROOT)
+	$(BIN)/provision diff --rig $(SAMPLE_RIG) --root $(DEMO_ROOT); test $$? -eq 1
 
 # The benchmark runs with a bound 5x its target: it catches regressions, not noise.
 test: $(STAMP) system-deps lint

@@ -9,19 +9,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from timing import REPO, python_startup_ms, samples_ms
+
 RIG = REPO / "tests" / "rigs" / "synthetic-8xa100-nvlink.yaml"
-
-
-def time_once(command: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
-    return (time.perf_counter() - start) * 1000
 
 
 def main() -> int:
@@ -31,13 +24,11 @@ def main() -> int:
     args = parser.parse_args()
     provision = Path(sys.executable).with_name("provision")
     command = [str(provision), "probe", "--rig", str(RIG), "--json"]
-    time_once(command)  # warm the page cache and .pyc files
-    samples = [time_once(command) for _ in range(args.runs)]
-    baseline = [time_once([sys.executable, "-c", "pass"]) for _ in range(5)]
+    samples = samples_ms(command, args.runs)
     median = statistics.median(samples)
     print(f"provision probe --rig {RIG.name} --json  ({args.runs} runs)")
     print(f"  median {median:.1f} ms   min {min(samples):.1f} ms   max {max(samples):.1f} ms")
-    print(f"  (bare python startup: median {statistics.median(baseline):.1f} ms; target < 200 ms)")
+    print(f"  (bare python startup: median {python_startup_ms():.1f} ms; target < 200 ms)")
     if args.bound_ms is not None and median > args.bound_ms:
         print(f"FAIL: median {median:.1f} ms is above the bound {args.bound_ms:.0f} ms")
         return 1

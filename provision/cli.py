@@ -221,3 +221,6 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(int(ExitCode.HOST_ERROR))
+
+
+from provision import cli_change  # noqa: E402,F401

@@ -39,3 +39,9 @@ class HostError(ProvisionError):
     """The host cannot do what we need: no driver, no permission, a command failed (exit 3)."""
 
     exit_code = ExitCode.HOST_ERROR
+
+
+class RolledBack(ProvisionError):
+    """Apply failed part-way and the host was restored from the backup (exit 4)."""
+
+    exit_code = ExitCode.ROLLED_BACK

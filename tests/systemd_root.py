@@ -33,23 +33,11 @@ from provision.render import NVIDIA_SMI, OLLAMA_BIN
 
 STUB_EXECUTABLES = (OLLAMA_BIN, LLAMA_SERVER_BIN, NVIDIA_SMI, "/usr/bin/nvidia-persistenced")
 
-# What Ollama's scripts/install.sh writes (BINDIR=/usr/local/bin, its own $PATH baked in).
-STOCK_OLLAMA_SERVICE = """\
-[Unit]
-Description=Ollama Service
-After=network-online.target
-
-[Service]
-ExecStart=/usr/local/bin/ollama serve
-User=ollama
-Group=ollama
-Restart=always
-RestartSec=3
-Environment="PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-[Install]
-WantedBy=default.target
-"""
+# What Ollama's scripts/install.sh writes (BINDIR=/usr/local/bin, its own $PATH baked in); the
+# demo's scratch root starts from the same file.
+STOCK_OLLAMA_SERVICE = (
+    Path(__file__).parent / "data/stock-root/etc/systemd/system/ollama.service"
+).read_text()
 
 # The unit of NVIDIA's nvidia-persistenced sample (init/systemd), runtime directory under /run.
 NVIDIA_PERSISTENCED_SERVICE = """\

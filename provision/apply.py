@@ -1,0 +1,518 @@
+"""Execute a plan: lock, back up, change, check, and restore the backup on any failure.
+
+The plan runs exactly as `diff` printed it. Every file it touches is backed up first (a backup's
+index is written last, so an index marks a complete backup); files are replaced atomically;
+commands go through provision.command.run; the manifest is the plan's last action, so a manifest
+always describes a completed apply and an interrupted one is simply re-planned.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from provision import __version__
+from provision.command import run
+from provision.desired import SYSTEMD_DIR, DesiredFile, DesiredUnit
+from provision.errors import HostError, InputError, ProvisionError, RolledBack
+from provision.host import (
+    Host,
+    list_dir,
+    make_dir,
+    ollama_address,
+    open_lock_file,
+    read_file,
+    remove_file,
+    unit_states,
+    write_atomic,
+)
+from provision.plan import MANIFEST_PATH, Action, FileDiff, Kind, Plan, encode, sha256, unified
+
+LOCK_PATH = "/run/lock/provision.lock"
+BACKUPS_DIR = "/var/lib/provision/backups"
+ROLLED_BACK_MARKER = "rolled-back"  # in a backup directory: its apply failed and was undone
+KILL_AT_STEP_ENV = "PROVISION_TEST_KILL_AT_STEP"  # test hook: SIGKILL before action k
+FILE_KINDS = frozenset({Kind.WRITE_FILE, Kind.REMOVE_FILE, Kind.WRITE_MANIFEST})
+CHECKED = frozenset({Kind.RESTART, Kind.RELOAD})  # then the unit must be active, its port open
+COMMAND_TIMEOUT_S = 120.0  # restarts of a big model server can take a while
+PULL_TIMEOUT_S = 6 * 3600.0  # a 70B base model over a slow link
+
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Settings:
+    force: bool = False
+    check_timeout_s: float = 60.0  # for a restarted unit to be active and its port to answer
+
+
+@dataclass(frozen=True)
+class BackupFile:
+    path: str
+    existed: bool
+    mode: int | None = None
+    owner: str | None = None
+    group: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Backup:
+    stamp: str  # the directory name under BACKUPS_DIR, a UTC timestamp
+    files: tuple[BackupFile, ...]
+    restarted: tuple[str, ...] = ()  # units the apply restarts, reloads or stops
+    enabled: tuple[str, ...] = ()
+    disabled: tuple[str, ...] = ()
+    was_active: tuple[str, ...] | None = None  # of those units, live; None: offline
+
+
+@dataclass(frozen=True)
+class Outcome:
+    backup: str | None
+    done: tuple[Action, ...]
+    skipped: tuple[Action, ...]
+
+
+# --- the lock ------------------------------------------------------------------------------
+
+
+@contextmanager
+def locked(host: Host, timeout_s: float, report: Report) -> Iterator[None]:
+    """Hold /run/lock/provision.lock (under the root); its content is the holder's PID."""
+    fd = open_lock_file(host, LOCK_PATH)
+    try:
+        _acquire(host, fd, timeout_s, report)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock, even on SIGKILL
+
+
+def _acquire(host: Host, fd: int, timeout_s: float, report: Report) -> None:
+    deadline = time.monotonic() + timeout_s
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        if time.monotonic() >= deadline:
+            raise HostError(
+                f"another provision run (PID {holder}) holds {host.path(LOCK_PATH)}",
+                hint=f"wait for it to finish, or allow longer with --lock-timeout "
+                f"(waited {timeout_s:g} s)",
+            )
+        if not told:
+            report(f"waiting up to {timeout_s:g} s for PID {holder}, which holds the lock")
+            told = True
+        time.sleep(0.05)
+
+
+# --- executing -----------------------------------------------------------------------------
+
+
+def execute(
+    host: Host,
+    plan: Plan,
+    units: Mapping[str, DesiredUnit],
+    settings: Settings,
+    report: Report,
+) -> Outcome:
+    """Run every action of the plan in order; on failure restore the backup and raise."""
+    _refuse(plan, settings.force)
+    backup = create_backup(host, plan)
+    kill_at = _kill_step()
+    done: list[Action] = []
+    skipped: list[Action] = []
+    for index, action in enumerate(plan.actions):
+        if kill_at == index:
+            os.kill(os.getpid(), signal.SIGKILL)
+        step = f"[{index + 1}/{len(plan.actions)}]"
+        if action.skipped_offline:
+            unit = units.get(action.target) if action.kind in CHECKED else None
+            check = f" (and the check of port {unit.listen[1]})" if unit and unit.listen else ""
+            report(f"{step} skipped (offline root): {describe(action)}{check}")
+            skipped.append(action)
+            continue
+        report(f"{step} {describe(action)}")
+        try:
+            _perform(host, plan, action, units, settings, backup.stamp)
+        except BaseException as exc:
+            _fail(host, backup, done, action, f"{step}", exc, report)
+        done.append(action)
+    return Outcome(backup.stamp, tuple(done), tuple(skipped))
+
+
+def describe(action: Action) -> str:
+    text = f"{action.kind} {action.target}: {action.reason}"
+    return f"{text} ({action.detail})" if action.detail else text
+
+
+def _refuse(plan: Plan, force: bool) -> None:
+    refusals = plan.refusals(force)
+    if not refusals:
+        return
+    more = f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else ""
+    forceable = all(a.forceable for a in refusals)
+    raise HostError(
+        f"refusing to apply: {refusals[0].refused}{more}; nothing was changed",
+        hint="--force backs such files up and replaces them" if forceable else None,
+    )
+
+
+def _kill_step() -> int | None:
+    value = os.environ.get(KILL_AT_STEP_ENV, "")
+    return int(value) if value.strip().isdigit() else None
+
+
+def _perform(
+    host: Host,
+    plan: Plan,
+    action: Action,
+    units: Mapping[str, DesiredUnit],
+    settings: Settings,
+    stamp: str,
+) -> None:
+    kind, target = action.kind, action.target
+    if kind is Kind.WRITE_FILE:
+        assert action.file is not None
+        _write(host, action.file)
+    elif kind is Kind.REMOVE_FILE:
+        remove_file(host, target)
+    elif kind is Kind.WRITE_MANIFEST:
+        _write_manifest(host, plan, stamp)
+    elif kind in (Kind.DAEMON_RELOAD, Kind.ENABLE, Kind.DISABLE, Kind.STOP):
+        verb = str(kind)
+        _command(
+            host.systemctl(verb) if kind is Kind.DAEMON_RELOAD else host.systemctl(verb, target)
+        )
+    elif kind in (Kind.RESTART, Kind.RELOAD):
+        verb = "restart" if kind is Kind.RESTART else "reload-or-restart"
+        _command(host.systemctl(verb, target))
+        _await_unit(host, target, units.get(target), settings.check_timeout_s)
+    elif kind is Kind.SET_POWER:
+        _command(["nvidia-smi", "-i", target, "-pl", f"{action.watts:g}"])
+    elif kind in (Kind.PULL_MODEL, Kind.CREATE_MODEL):
+        _command(_ollama(units, kind, target, action.source), PULL_TIMEOUT_S)
+    else:
+        raise AssertionError(f"no way to perform {kind}")
+
+
+def _write(host: Host, file: DesiredFile) -> None:
+    uid, gid = host.ids(file.owner, file.group)
+    write_atomic(host, file.path, encode(file.content), file.mode, uid, gid)
+
+
+def _command(argv: Sequence[str], timeout_s: float = COMMAND_TIMEOUT_S) -> None:
+    run(argv, timeout_s=timeout_s).check()
+
+
+def _ollama(units: Mapping[str, DesiredUnit], kind: Kind, name: str, modelfile: str) -> list[str]:
+    # The CLI talks to OLLAMA_HOST; a rendered instance may listen elsewhere than the default.
+    address = ollama_address(units.values())
+    argv = ["env", f"OLLAMA_HOST={address[0]}:{address[1]}", "ollama"]
+    return (
+        [*argv, "pull", name]
+        if kind is Kind.PULL_MODEL
+        else [*argv, "create", name, "-f", modelfile]
+    )
+
+
+def _write_manifest(host: Host, plan: Plan, stamp: str) -> None:
+    document = dict(plan.manifest)
+    document["last_apply"] = {
+        "applied_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "backup": stamp,
+        "mode": "live" if host.live else "offline",
+        "tool_version": __version__,
+    }
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    write_atomic(host, MANIFEST_PATH, text.encode(), 0o644, *host.ids("root", "root"))
+
+
+def _await_unit(host: Host, name: str, unit: DesiredUnit | None, timeout_s: float) -> None:
+    """Live only: a (re)started unit must become active and its port must answer."""
+    if not host.live or (unit is not None and unit.oneshot):
+        return  # `systemctl restart` of a oneshot waits for it and fails if it failed
+    deadline = time.monotonic() + timeout_s
+    state = ""
+    while time.monotonic() < deadline:
+        state = run(host.systemctl("is-active", name)).stdout.strip()
+        if state in ("active", "failed"):
+            break
+        time.sleep(0.2)
+    if state != "active":
+        raise HostError(
+            f"{name} is {state or 'unknown'}, not active, after its restart",
+            hint=f"journalctl -u {name} -n 50 says why",
+        )
+    if unit is not None and unit.listen is not None:
+        _await_port(name, unit.listen, deadline)
+
+
+def _await_port(name: str, listen: tuple[str, int], deadline: float) -> None:
+    address = ("127.0.0.1" if listen[0] in ("0.0.0.0", "") else listen[0], listen[1])
+    while True:
+        try:
+            with socket.create_connection(address, timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise HostError(
+                    f"{name} is active but nothing answers on {address[0]}:{address[1]}",
+                    hint=f"journalctl -u {name} -n 50 says why",
+                ) from None
+            time.sleep(0.2)
+
+
+# --- failure -------------------------------------------------------------------------------
+
+
+def _fail(
+    host: Host,
+    backup: Backup,
+    done: list[Action],
+    failed: Action,
+    step: str,
+    exc: BaseException,
+    report: Report,
+) -> None:
+    """Restore the backup and what the apply changed in systemd, then raise (exit 4)."""
+    cause = exc.message if isinstance(exc, ProvisionError) else f"{type(exc).__name__}: {exc}"
+    report(f"{step} failed: {cause}")
+    report(f"restoring from backup {backup.stamp}")
+    problems: list[str] = []
+    # The failed step counts too: a restart that failed has still stopped the old process.
+    targets = {k: tuple(a.target for a in [*done, failed] if a.kind is k) for k in Kind}
+    bounced = targets[Kind.RESTART] + targets[Kind.RELOAD] + targets[Kind.STOP]
+    first, last = _systemd_undo(host, backup, bounced, targets[Kind.ENABLE], targets[Kind.DISABLE])
+    _run_quietly(host, first, backup, report, problems)
+    restored = restore_files(host, backup, problems)
+    if host.live and any(p.startswith(SYSTEMD_DIR + "/") for p in restored):
+        last.insert(0, Action(Kind.DAEMON_RELOAD, "systemd", "rollback"))
+    _run_quietly(host, last, backup, report, problems)
+    _mark_rolled_back(host, backup, problems)
+    if not isinstance(exc, ProvisionError | KeyboardInterrupt):
+        raise exc  # a bug: the host is restored, the traceback says where
+    files = ", ".join(restored) or "no file had changed yet"
+    message = f"apply failed at {step} {failed.kind} {failed.target}: {cause}\n"
+    message += f"restored from backup {backup.stamp}: {files}"
+    if first or last:
+        message += "\nthen: " + "; ".join(f"{a.kind} {a.target}" for a in first + last)
+    if problems:
+        raise HostError(
+            message + "\nbut the rollback did not complete:\n  " + "\n  ".join(problems),
+            hint=f"fix the cause, then run 'provision rollback --to {backup.stamp}'",
+        ) from None
+    raise RolledBack(message, hint=exc.hint if isinstance(exc, ProvisionError) else None)
+
+
+_EMPTY_PLAN = Plan(live=False, actions=(), noops=(), diffs=(), manifest={})
+
+
+def _run_quietly(
+    host: Host, actions: list[Action], backup: Backup, report: Report, problems: list[str]
+) -> None:
+    """Run recovery steps, collecting failures: one failed step must not stop the others."""
+    for action in actions:
+        if action.skipped_offline:
+            continue
+        report(f"  {describe(action)}")
+        try:
+            _perform(host, _EMPTY_PLAN, action, {}, Settings(check_timeout_s=10), backup.stamp)
+        except ProvisionError as exc:
+            problems.append(exc.message)
+
+
+def _systemd_undo(
+    host: Host,
+    backup: Backup,
+    bounced: Sequence[str],
+    enabled: Sequence[str],
+    disabled: Sequence[str],
+) -> tuple[list[Action], list[Action]]:
+    """Steps before and after restoring files to put units back as they were before the apply:
+    reverse the enablement, restart what was running, stop what was not."""
+    why = f"as before apply {backup.stamp}"
+    first = [Action(Kind.DISABLE, u, why) for u in enabled]
+    last = [Action(Kind.ENABLE, u, why) for u in disabled]
+    for unit in dict.fromkeys([*bounced, *enabled, *disabled]):
+        if backup.was_active is None:  # offline: nothing ran, nothing to undo
+            if unit in bounced:
+                last.append(Action(Kind.RESTART, unit, why, skipped_offline=True))
+        elif unit in backup.was_active:
+            last.append(Action(Kind.RESTART, unit, why))
+        else:
+            first.insert(0, Action(Kind.STOP, unit, f"not running before apply {backup.stamp}"))
+    return first, last
+
+
+# --- backups -------------------------------------------------------------------------------
+
+
+def create_backup(host: Host, plan: Plan) -> Backup:
+    """Copy every file the plan will touch; the index, written last, marks it complete."""
+    stamp = _new_stamp(host)
+    base = f"{BACKUPS_DIR}/{stamp}"
+    entries = []
+    for path in dict.fromkeys(a.target for a in plan.actions if a.kind in FILE_KINDS):
+        seen = read_file(host, path)
+        if seen.kind != "file":
+            entries.append(BackupFile(path, existed=False))
+            continue
+        write_atomic(host, f"{base}/files{path}", seen.data, 0o600, os.geteuid(), os.getegid())
+        entries.append(BackupFile(path, True, seen.mode, seen.owner, seen.group, sha256(seen.data)))
+    targets = {k: [a.target for a in plan.actions if a.kind is k] for k in Kind}
+    units = [*targets[Kind.RESTART], *targets[Kind.RELOAD], *targets[Kind.STOP]]
+    touched = list(dict.fromkeys([*units, *targets[Kind.ENABLE], *targets[Kind.DISABLE]]))
+    was_active = None
+    if host.live:  # what a rollback must start again
+        states = unit_states(host, touched)
+        was_active = tuple(u for u in touched if states[u].active in ("active", "reloading"))
+    backup = Backup(
+        stamp=stamp,
+        files=tuple(entries),
+        restarted=tuple(units),
+        enabled=tuple(targets[Kind.ENABLE]),
+        disabled=tuple(targets[Kind.DISABLE]),
+        was_active=was_active,
+    )
+    index = json.dumps(_backup_to_plain(backup), indent=2) + "\n"
+    write_atomic(host, f"{base}/index.json", index.encode(), 0o600, os.geteuid(), os.getegid())
+    return backup
+
+
+def _mark_rolled_back(host: Host, backup: Backup, problems: list[str]) -> None:
+    """A backup whose apply was undone is not what a plain `provision rollback` should restore."""
+    text = "restored right after its apply failed\n" + "".join(f"{p}\n" for p in problems)
+    marker = f"{BACKUPS_DIR}/{backup.stamp}/{ROLLED_BACK_MARKER}"
+    write_atomic(host, marker, text.encode(), 0o600, os.geteuid(), os.getegid())
+
+
+def _new_stamp(host: Host) -> str:
+    now = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1, 1000):
+        stamp = now if n == 1 else f"{now}-{n}"
+        if make_dir(host, f"{BACKUPS_DIR}/{stamp}"):
+            return stamp
+    raise HostError(f"{host.path(BACKUPS_DIR)}: cannot create a backup directory for {now}")
+
+
+def _backup_to_plain(backup: Backup) -> dict[str, object]:
+    files = [{**vars(f), "mode": None if f.mode is None else f"{f.mode:04o}"} for f in backup.files]
+    return {"schema": 1, **vars(backup), "files": files}
+
+
+def list_backups(host: Host) -> list[str]:
+    """Complete backups (those with an index), oldest first."""
+    stamps = [
+        s
+        for s in list_dir(host, BACKUPS_DIR)
+        if read_file(host, f"{BACKUPS_DIR}/{s}/index.json").kind == "file"
+    ]
+    return sorted(stamps, key=lambda s: (s.split("-")[0], int(s.partition("-")[2] or 1)))
+
+
+def rolled_back(host: Host, stamp: str) -> bool:
+    return read_file(host, f"{BACKUPS_DIR}/{stamp}/{ROLLED_BACK_MARKER}").kind == "file"
+
+
+def load_backup(host: Host, stamp: str | None) -> Backup:
+    """The backup `stamp`, or the last one whose apply was not rolled back already."""
+    stamps = list_backups(host)
+    if not stamps:
+        raise HostError(f"no complete backup under {host.path(BACKUPS_DIR)}")
+    if stamp is None:
+        undone = {s for s in stamps if rolled_back(host, s)}
+        stamp = next((s for s in reversed(stamps) if s not in undone), None)
+        if stamp is None:
+            raise HostError("every backup is of an apply that was already rolled back")
+    elif stamp not in stamps:
+        raise InputError(
+            f"no complete backup {stamp} under {host.path(BACKUPS_DIR)}",
+            hint="backups: " + ", ".join(stamps[-10:]),
+        )
+    data = json.loads(read_file(host, f"{BACKUPS_DIR}/{stamp}/index.json").data)
+    files = tuple(
+        BackupFile(**{**f, "mode": None if f["mode"] is None else int(f["mode"], 8)})
+        for f in data["files"]
+    )
+    lists = {k: tuple(data[k]) for k in ("restarted", "enabled", "disabled")}
+    was_active = None if data["was_active"] is None else tuple(data["was_active"])
+    return Backup(stamp, files, **lists, was_active=was_active)
+
+
+def _saved(host: Host, backup: Backup, entry: BackupFile) -> DesiredFile | None:
+    """The backed-up file as a file to write back; None when it did not exist before."""
+    if not entry.existed:
+        return None
+    data = read_file(host, f"{BACKUPS_DIR}/{backup.stamp}/files{entry.path}").data
+    if sha256(data) != entry.sha256:
+        raise HostError(f"backup {backup.stamp}: {entry.path} does not match its recorded sha256")
+    content = data.decode("utf-8", "surrogateescape")  # restores non-UTF-8 bytes exactly
+    mode = 0o644 if entry.mode is None else entry.mode
+    return DesiredFile(entry.path, content, mode, entry.owner or "root", entry.group or "root")
+
+
+def _restore_action(host: Host, backup: Backup, entry: BackupFile) -> Action | None:
+    saved = _saved(host, backup, entry)
+    seen = read_file(host, entry.path)
+    why = f"as before apply {backup.stamp}"
+    if saved is None:
+        return (
+            Action(Kind.REMOVE_FILE, entry.path, f"absent {why}") if seen.kind == "file" else None
+        )
+    same = (seen.data, seen.mode, seen.owner, seen.group) == (
+        encode(saved.content),
+        saved.mode,
+        saved.owner,
+        saved.group,
+    )
+    return None if same else Action(Kind.WRITE_FILE, entry.path, f"restore {why}", file=saved)
+
+
+def restore_files(host: Host, backup: Backup, problems: list[str]) -> list[str]:
+    """Put back every backed-up file that differs now; the paths restored."""
+    restored = []
+    for entry in backup.files:
+        try:
+            action = _restore_action(host, backup, entry)
+            if action is not None:
+                _perform(host, _EMPTY_PLAN, action, {}, Settings(), backup.stamp)
+                restored.append(entry.path)
+        except ProvisionError as exc:
+            problems.append(exc.message)
+    return restored
+
+
+def rollback_plan(host: Host, backup: Backup) -> Plan:
+    """`provision rollback`: units and files as they were before the apply that made `backup`."""
+    files = [a for e in backup.files if (a := _restore_action(host, backup, e)) is not None]
+    states = unit_states(host, [*backup.enabled, *backup.disabled])
+    on = ("enabled", "enabled-runtime")
+    enabled = [u for u in backup.enabled if states[u].enabled in on]
+    disabled = [u for u in backup.disabled if states[u].enabled not in on]
+    if not (files or enabled or disabled):
+        return replace(_EMPTY_PLAN, live=host.live)
+    first, last = _systemd_undo(host, backup, backup.restarted, enabled, disabled)
+    if any(a.target.startswith(SYSTEMD_DIR + "/") for a in files):
+        why = f"as before apply {backup.stamp}"
+        last.insert(0, Action(Kind.DAEMON_RELOAD, "systemd", why, skipped_offline=not host.live))
+    diffs = []
+    for action in files:
+        old = read_file(host, action.target)
+        new = encode(action.file.content) if action.file else None
+        text = unified(action.target, old.data if old.kind == "file" else None, new)
+        diffs.append(FileDiff(action.target, text))
+    return Plan(host.live, tuple(first + files + last), (), tuple(diffs), manifest={})

@@ -1,0 +1,214 @@
+"""`provision diff`, `apply` and `rollback` as an operator runs them, against temp roots (offline
+mode): exit codes, output, refusals, backups, rollback, and the real renderer end to end."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from provision.desired import DesiredFile
+from provision.plan import MANIFEST_PATH
+from tests.helpers import REPO_ROOT, rig_file
+from tests.test_apply import NGINX_UNIT, desired_file, enabled, provision, scratch_root, tree
+from tests.test_plan import NGINX_CONF, state_a, state_b
+
+RIG_8X = rig_file("synthetic-8xa100-nvlink")
+PROFILES = sorted(p.stem for p in (REPO_ROOT / "profiles").glob("*.yaml"))
+OLLAMA_UNIT = (
+    "[Unit]\nDescription=Ollama\n[Service]\nExecStart=/bin/true\n"
+    "[Install]\nWantedBy=multi-user.target\n"
+)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return scratch_root(tmp_path / "root")
+
+
+@pytest.fixture
+def a_json(tmp_path: Path) -> Path:
+    return desired_file(tmp_path, state_a(), "a")
+
+
+def _apply(root: Path, desired: Path, *extra: str) -> object:
+    return provision("apply", "--yes", "--root", str(root), "--desired-json", str(desired), *extra)
+
+
+def _diff(root: Path, desired: Path, *extra: str) -> object:
+    return provision("diff", "--root", str(root), "--desired-json", str(desired), *extra)
+
+
+def test_apply_then_diff_is_in_sync(root: Path, a_json: Path) -> None:
+    first = _diff(root, a_json)
+    assert first.returncode == 1, first.stderr
+    assert "+++ b/etc/systemd/system/ollama@.service" in first.stdout
+    assert first.stdout.rstrip().splitlines()[-1].startswith("11 change(s) pending: 6 write-file")
+    assert "[skipped: offline root]" in first.stdout and "\x1b[" not in first.stdout
+    applied = _apply(root, a_json)
+    assert applied.returncode == 0, applied.stderr
+    assert "skipped (offline root): restart ollama@0.service" in applied.stdout
+    assert "/etc/systemd/system/ollama@.service (and the check of port 11500)" in applied.stdout
+    assert "'provision rollback --to " in applied.stdout
+    second = _diff(root, a_json)
+    assert second.returncode == 0, second.stdout
+    assert second.stdout.startswith("in sync: ")
+    assert "not checked offline: 2 power limit(s), 1 Ollama model(s)" in second.stdout
+    again = _apply(root, a_json)
+    assert again.returncode == 0 and "in sync: nothing to do" in again.stdout
+
+
+def test_diff_json_and_verbose_noops(root: Path, a_json: Path) -> None:
+    result = _diff(root, a_json, "--json")
+    assert result.returncode == 1
+    document = json.loads(result.stdout)
+    assert document["mode"] == "offline" and document["in_sync"] is False
+    assert [a["index"] for a in document["actions"]] == list(range(len(document["actions"])))
+    assert document["actions"][-1]["kind"] == "write-manifest"
+    assert {f["path"] for f in document["files"]} >= {NGINX_CONF}
+    _apply(root, a_json)
+    verbose = _diff(root, a_json, "-v")
+    assert "no-ops:" in verbose.stdout and "is enabled, as wanted" in verbose.stdout
+
+
+def test_a_hand_edited_managed_file_shows_in_the_diff(root: Path, a_json: Path) -> None:
+    _apply(root, a_json)
+    env = root / "etc/provision/ollama/0.env"
+    env.write_text(env.read_text().replace("PARALLEL=1", "PARALLEL=9"))
+    result = _diff(root, a_json)
+    assert result.returncode == 1
+    assert "-OLLAMA_NUM_PARALLEL=9\n+OLLAMA_NUM_PARALLEL=1\n" in result.stdout
+    assert "write-file /etc/provision/ollama/0.env: content changed" in result.stdout
+    assert "restart ollama@0.service: inputs changed: /etc/provision/ollama/0.env" in result.stdout
+    assert "ollama@1.service" not in result.stdout.split("actions:")[1]
+    assert _apply(root, a_json).returncode == 0
+    assert _diff(root, a_json).returncode == 0
+
+
+def test_a_file_that_is_not_ours_needs_force_and_is_backed_up(root: Path, a_json: Path) -> None:
+    mine = root / NGINX_CONF.lstrip("/")
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"upstream mine { server 10.0.0.1; }\n\xff\n")
+    diff = _diff(root, a_json)
+    assert diff.returncode == 1
+    assert "refused: /etc/nginx/conf.d/provision-ollama.conf is not managed" in diff.stdout
+    refused = _apply(root, a_json)
+    assert refused.returncode == 3
+    assert "refusing to apply: /etc/nginx/conf.d/provision-ollama.conf is not managed" in (
+        refused.stderr
+    )
+    assert "hint: --force backs such files up and replaces them" in refused.stderr
+    assert mine.read_bytes().startswith(b"upstream mine") and len(tree(root)) == 2
+    forced = _apply(root, a_json, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert mine.read_text().startswith("# Managed by provision.")
+    (backup,) = (root / "var/lib/provision/backups").iterdir()
+    saved = backup / "files" / NGINX_CONF.lstrip("/")
+    assert saved.read_bytes() == b"upstream mine { server 10.0.0.1; }\n\xff\n"
+    # And a rollback puts the operator's bytes back exactly.
+    assert provision("rollback", "--yes", "--root", str(root)).returncode == 0
+    assert mine.read_bytes() == b"upstream mine { server 10.0.0.1; }\n\xff\n"
+
+
+@pytest.mark.parametrize("where", ["file", "parent"])
+def test_a_symlink_at_a_target_path_is_refused(
+    root: Path, a_json: Path, tmp_path: Path, where: str
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = root / NGINX_CONF.lstrip("/")
+    if where == "parent":
+        link = link.parent
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(elsewhere / "x" if where == "file" else elsewhere)
+    diff = _diff(root, a_json)
+    assert diff.returncode == 3
+    assert "error: apply would refuse:" in diff.stderr and "never writes through it" in diff.stderr
+    for extra in ((), ("--force",)):
+        result = _apply(root, a_json, *extra)
+        assert result.returncode == 3, result.stderr
+        assert "refusing to apply" in result.stderr and "symlink" in result.stderr
+    assert list(elsewhere.iterdir()) == []
+    assert not (root / MANIFEST_PATH.lstrip("/")).exists()
+
+
+def test_apply_without_a_terminal_needs_yes_and_dry_run_changes_nothing(
+    root: Path, a_json: Path
+) -> None:
+    before = tree(root)
+    result = provision("apply", "--root", str(root), "--desired-json", str(a_json))
+    assert result.returncode == 2
+    assert "no terminal to ask on" in result.stderr and "hint: pass --yes" in result.stderr
+    dry = provision("apply", "--dry-run", "--root", str(root), "--desired-json", str(a_json))
+    assert dry.returncode == 0 and dry.stdout.rstrip().endswith("dry run: nothing was changed")
+    assert "write-file /etc/systemd/system/ollama@.service: missing" in dry.stdout
+    assert tree(root) == before and not (root / "var").exists()
+
+
+def test_a_failure_mid_apply_exits_4_and_restores(root: Path, tmp_path: Path) -> None:
+    a = desired_file(tmp_path, state_a(), "a")
+    _apply(root, a)
+    before = tree(root)
+    # An account that does not exist fails the last file write, after four others and a disable.
+    late = DesiredFile("/etc/zz-provision.conf", "# Managed by provision.\n", owner="nosuchuser")
+    broken = replace(state_b(), files=(*state_b().files, late))
+    result = _apply(root, desired_file(tmp_path, broken, "broken"))
+    assert result.returncode == 4, result.stderr
+    assert "error: apply failed at [6/13] write-file /etc/zz-provision.conf" in result.stderr
+    assert "user 'nosuchuser' does not exist on the target" in result.stderr
+    assert (
+        "restored from backup" in result.stderr and "/etc/provision/ollama/0.env" in result.stderr
+    )
+    assert "hint: install the runtime first" in result.stderr
+    assert tree(root) == before
+    assert enabled(root, "ollama@1.service") == "enabled"
+    assert _diff(root, a).returncode == 0
+    # A plain rollback now undoes the last apply that stuck (a), not the one already undone.
+    listing = provision("rollback", "--list", "--root", str(root)).stdout.splitlines()
+    assert listing[1].endswith("(apply failed and was rolled back)") and "(" not in listing[0]
+    assert provision("rollback", "--yes", "--root", str(root)).returncode == 0
+    assert tree(root) == {"/lib/systemd/system/nginx.service": NGINX_UNIT.encode()}
+
+
+def test_rollback_restores_the_last_or_a_chosen_backup(root: Path, tmp_path: Path) -> None:
+    a, b = desired_file(tmp_path, state_a(), "a"), desired_file(tmp_path, state_b(), "b")
+    _apply(root, a)
+    after_a = tree(root)
+    _apply(root, b)
+    listing = provision("rollback", "--list", "--root", str(root))
+    first, second = listing.stdout.split()
+    undo = provision("rollback", "--yes", "--root", str(root))
+    assert undo.returncode == 0, undo.stderr
+    assert "remove-file /etc/provision/ollama/2.env: absent as before apply" in undo.stdout
+    assert tree(root) == after_a and _diff(root, a).returncode == 0
+    assert enabled(root, "ollama@2.service") == "disabled"
+    to_first = provision("rollback", "--yes", "--to", first, "--root", str(root))
+    assert to_first.returncode == 0, to_first.stderr
+    assert tree(root) == {"/lib/systemd/system/nginx.service": NGINX_UNIT.encode()}
+    unknown = provision("rollback", "--yes", "--to", "19990101T000000Z", "--root", str(root))
+    assert unknown.returncode == 2 and f"hint: backups: {first}, {second}" in unknown.stderr
+    assert second in unknown.stderr
+
+
+def test_bad_desired_json_is_exit_2(tmp_path: Path, root: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"files": [{"path": 3}]}')
+    result = _diff(root, bad)
+    assert result.returncode == 2 and "not a desired state: files[0].path" in result.stderr
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_rendered_profiles_apply_and_then_diff_in_sync(root: Path, profile: str) -> None:
+    """The real pipeline: a recorded rig and a bundled profile, as `make demo` runs it."""
+    ollama = root / "etc/systemd/system/ollama.service"  # what Ollama's installer writes
+    ollama.parent.mkdir(parents=True)
+    ollama.write_text(OLLAMA_UNIT)
+    args = ("--rig", str(RIG_8X), "--profile", profile, "--root", str(root))
+    assert provision("diff", *args).returncode == 1
+    applied = provision("apply", "--yes", *args)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    result = provision("diff", *args)
+    assert result.returncode == 0, result.stdout
+    assert json.loads((root / MANIFEST_PATH.lstrip("/")).read_text())["rig_digest"]
