@@ -54,7 +54,9 @@ class QuantVariant:
 @cache
 def _data() -> dict[str, Any]:
     text = resources.files("provision").joinpath("data", "catalog.yaml").read_text("utf-8")
-    data: dict[str, Any] = yaml.safe_load(text)
+    # libyaml's loader parses the catalog in ~12 ms instead of ~100 ms.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    data: dict[str, Any] = yaml.load(text, Loader=loader)
     return data
 
 

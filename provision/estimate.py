@@ -118,7 +118,12 @@ def kv_layer_bytes(spec: ModelSpec, settings: RunSettings, layer: int) -> int:
 
 
 def kv_bytes(spec: ModelSpec, settings: RunSettings, layers: Sequence[int]) -> int:
-    return sum(kv_layer_bytes(spec, settings, il) for il in layers)
+    # Placement calls this for every candidate split: size the two caches once, then count.
+    cells = kv_cells(spec, settings)
+    per_cell = (spec.n_embd_k_gqa + spec.n_embd_v_gqa) * settings.kv_type.bytes_per_element
+    n_swa = sum(1 for il in layers if spec.swa_layers[il])
+    full = int(cells.full * per_cell) * (len(layers) - n_swa)
+    return full + int(cells.swa * per_cell) * n_swa
 
 
 def compute_bytes(
