@@ -20,13 +20,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from provision import __version__
+from provision.backup import Backup, BackupFile, create_backup, mark_rolled_back, saved_file
 from provision.command import run
 from provision.desired import SYSTEMD_DIR, DesiredFile, DesiredUnit
-from provision.errors import HostError, InputError, ProvisionError, RolledBack
+from provision.errors import HostError, ProvisionError, RolledBack
 from provision.host import (
     Host,
-    list_dir,
-    make_dir,
     ollama_address,
     open_lock_file,
     read_file,
@@ -34,13 +33,12 @@ from provision.host import (
     unit_states,
     write_atomic,
 )
-from provision.plan import MANIFEST_PATH, Action, FileDiff, Kind, Plan, encode, sha256, unified
+from provision.manifest import MANIFEST_PATH, encode
+from provision.plan import unified
+from provision.plan_types import Action, FileDiff, Kind, Plan
 
 LOCK_PATH = "/run/lock/provision.lock"
-BACKUPS_DIR = "/var/lib/provision/backups"
-ROLLED_BACK_MARKER = "rolled-back"  # in a backup directory: its apply failed and was undone
 KILL_AT_STEP_ENV = "PROVISION_TEST_KILL_AT_STEP"  # test hook: SIGKILL before action k
-FILE_KINDS = frozenset({Kind.WRITE_FILE, Kind.REMOVE_FILE, Kind.WRITE_MANIFEST})
 CHECKED = frozenset({Kind.RESTART, Kind.RELOAD})  # then the unit must be active, its port open
 COMMAND_TIMEOUT_S = 120.0  # restarts of a big model server can take a while
 PULL_TIMEOUT_S = 6 * 3600.0  # a 70B base model over a slow link
@@ -52,26 +50,6 @@ Report = Callable[[str], None]
 class Settings:
     force: bool = False
     check_timeout_s: float = 60.0  # for a restarted unit to be active and its port to answer
-
-
-@dataclass(frozen=True)
-class BackupFile:
-    path: str
-    existed: bool
-    mode: int | None = None
-    owner: str | None = None
-    group: str | None = None
-    sha256: str | None = None
-
-
-@dataclass(frozen=True)
-class Backup:
-    stamp: str  # the directory name under BACKUPS_DIR, a UTC timestamp
-    files: tuple[BackupFile, ...]
-    restarted: tuple[str, ...] = ()  # units the apply restarts, reloads or stops
-    enabled: tuple[str, ...] = ()
-    disabled: tuple[str, ...] = ()
-    was_active: tuple[str, ...] | None = None  # of those units, live; None: offline
 
 
 @dataclass(frozen=True)
@@ -302,7 +280,7 @@ def _fail(
     if host.live and any(p.startswith(SYSTEMD_DIR + "/") for p in restored):
         last.insert(0, Action(Kind.DAEMON_RELOAD, "systemd", "rollback"))
     _run_quietly(host, last, backup, report, problems)
-    _mark_rolled_back(host, backup, problems)
+    mark_rolled_back(host, backup, problems)
     if not isinstance(exc, ProvisionError | KeyboardInterrupt):
         raise exc  # a bug: the host is restored, the traceback says where
     files = ", ".join(restored) or "no file had changed yet"
@@ -361,112 +339,8 @@ def _systemd_undo(
 # --- backups -------------------------------------------------------------------------------
 
 
-def create_backup(host: Host, plan: Plan) -> Backup:
-    """Copy every file the plan will touch; the index, written last, marks it complete."""
-    stamp = _new_stamp(host)
-    base = f"{BACKUPS_DIR}/{stamp}"
-    entries = []
-    for path in dict.fromkeys(a.target for a in plan.actions if a.kind in FILE_KINDS):
-        seen = read_file(host, path)
-        if seen.kind != "file":
-            entries.append(BackupFile(path, existed=False))
-            continue
-        write_atomic(host, f"{base}/files{path}", seen.data, 0o600, os.geteuid(), os.getegid())
-        entries.append(BackupFile(path, True, seen.mode, seen.owner, seen.group, sha256(seen.data)))
-    targets = {k: [a.target for a in plan.actions if a.kind is k] for k in Kind}
-    units = [*targets[Kind.RESTART], *targets[Kind.RELOAD], *targets[Kind.STOP]]
-    touched = list(dict.fromkeys([*units, *targets[Kind.ENABLE], *targets[Kind.DISABLE]]))
-    was_active = None
-    if host.live:  # what a rollback must start again
-        states = unit_states(host, touched)
-        was_active = tuple(u for u in touched if states[u].active in ("active", "reloading"))
-    backup = Backup(
-        stamp=stamp,
-        files=tuple(entries),
-        restarted=tuple(units),
-        enabled=tuple(targets[Kind.ENABLE]),
-        disabled=tuple(targets[Kind.DISABLE]),
-        was_active=was_active,
-    )
-    index = json.dumps(_backup_to_plain(backup), indent=2) + "\n"
-    write_atomic(host, f"{base}/index.json", index.encode(), 0o600, os.geteuid(), os.getegid())
-    return backup
-
-
-def _mark_rolled_back(host: Host, backup: Backup, problems: list[str]) -> None:
-    """A backup whose apply was undone is not what a plain `provision rollback` should restore."""
-    text = "restored right after its apply failed\n" + "".join(f"{p}\n" for p in problems)
-    marker = f"{BACKUPS_DIR}/{backup.stamp}/{ROLLED_BACK_MARKER}"
-    write_atomic(host, marker, text.encode(), 0o600, os.geteuid(), os.getegid())
-
-
-def _new_stamp(host: Host) -> str:
-    now = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for n in range(1, 1000):
-        stamp = now if n == 1 else f"{now}-{n}"
-        if make_dir(host, f"{BACKUPS_DIR}/{stamp}"):
-            return stamp
-    raise HostError(f"{host.path(BACKUPS_DIR)}: cannot create a backup directory for {now}")
-
-
-def _backup_to_plain(backup: Backup) -> dict[str, object]:
-    files = [{**vars(f), "mode": None if f.mode is None else f"{f.mode:04o}"} for f in backup.files]
-    return {"schema": 1, **vars(backup), "files": files}
-
-
-def list_backups(host: Host) -> list[str]:
-    """Complete backups (those with an index), oldest first."""
-    stamps = [
-        s
-        for s in list_dir(host, BACKUPS_DIR)
-        if read_file(host, f"{BACKUPS_DIR}/{s}/index.json").kind == "file"
-    ]
-    return sorted(stamps, key=lambda s: (s.split("-")[0], int(s.partition("-")[2] or 1)))
-
-
-def rolled_back(host: Host, stamp: str) -> bool:
-    return read_file(host, f"{BACKUPS_DIR}/{stamp}/{ROLLED_BACK_MARKER}").kind == "file"
-
-
-def load_backup(host: Host, stamp: str | None) -> Backup:
-    """The backup `stamp`, or the last one whose apply was not rolled back already."""
-    stamps = list_backups(host)
-    if not stamps:
-        raise HostError(f"no complete backup under {host.path(BACKUPS_DIR)}")
-    if stamp is None:
-        undone = {s for s in stamps if rolled_back(host, s)}
-        stamp = next((s for s in reversed(stamps) if s not in undone), None)
-        if stamp is None:
-            raise HostError("every backup is of an apply that was already rolled back")
-    elif stamp not in stamps:
-        raise InputError(
-            f"no complete backup {stamp} under {host.path(BACKUPS_DIR)}",
-            hint="backups: " + ", ".join(stamps[-10:]),
-        )
-    data = json.loads(read_file(host, f"{BACKUPS_DIR}/{stamp}/index.json").data)
-    files = tuple(
-        BackupFile(**{**f, "mode": None if f["mode"] is None else int(f["mode"], 8)})
-        for f in data["files"]
-    )
-    lists = {k: tuple(data[k]) for k in ("restarted", "enabled", "disabled")}
-    was_active = None if data["was_active"] is None else tuple(data["was_active"])
-    return Backup(stamp, files, **lists, was_active=was_active)
-
-
-def _saved(host: Host, backup: Backup, entry: BackupFile) -> DesiredFile | None:
-    """The backed-up file as a file to write back; None when it did not exist before."""
-    if not entry.existed:
-        return None
-    data = read_file(host, f"{BACKUPS_DIR}/{backup.stamp}/files{entry.path}").data
-    if sha256(data) != entry.sha256:
-        raise HostError(f"backup {backup.stamp}: {entry.path} does not match its recorded sha256")
-    content = data.decode("utf-8", "surrogateescape")  # restores non-UTF-8 bytes exactly
-    mode = 0o644 if entry.mode is None else entry.mode
-    return DesiredFile(entry.path, content, mode, entry.owner or "root", entry.group or "root")
-
-
 def _restore_action(host: Host, backup: Backup, entry: BackupFile) -> Action | None:
-    saved = _saved(host, backup, entry)
+    saved = saved_file(host, backup, entry)
     seen = read_file(host, entry.path)
     why = f"as before apply {backup.stamp}"
     if saved is None:

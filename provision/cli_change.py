@@ -25,7 +25,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 if TYPE_CHECKING:
     from provision.apply import Outcome
     from provision.host import Host
-    from provision.plan import Action, Plan
+    from provision.plan_types import Action, Plan
 
 
 def desired_options(func: F) -> F:
@@ -350,15 +350,8 @@ def rollback(
     list_only: bool,
 ) -> None:
     """Restore the files (and unit states) from before an apply, from its backup."""
-    from provision.apply import (
-        Settings,
-        execute,
-        list_backups,
-        load_backup,
-        locked,
-        rollback_plan,
-        rolled_back,
-    )
+    from provision.apply import Settings, execute, locked, rollback_plan
+    from provision.backup import list_backups, load_backup, rolled_back
     from provision.host import Host
 
     host = Host.at(root)

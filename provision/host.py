@@ -22,13 +22,9 @@ from typing import Any
 from provision.command import run
 from provision.desired import DesiredState, DesiredUnit
 from provision.errors import HostError
-from provision.plan import (
-    MANIFEST_PATH,
-    Observed,
-    ObservedFile,
-    ObservedUnit,
-    normalize_model,
-)
+from provision.manifest import MANIFEST_PATH
+from provision.plan import normalize_model
+from provision.plan_types import Observed, ObservedFile, ObservedUnit
 
 SYSTEMD_RUNNING = Path("/run/systemd/system")  # what sd_booted() checks
 OLLAMA_DEFAULT = ("127.0.0.1", 11434)

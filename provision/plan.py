@@ -9,23 +9,33 @@ daemon-reload, enable, power limits, restarts, reloads, models, and the manifest
 from __future__ import annotations
 
 import difflib
-import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from provision.desired import (
     MANAGED_HEADER,
     SYSTEMD_DIR,
     DesiredFile,
-    DesiredModel,
     DesiredState,
     DesiredUnit,
 )
+from provision.manifest import (
+    MANIFEST_PATH,
+    build_manifest,
+    comparable,
+    encode,
+    sha256,
+)
+from provision.plan_types import (
+    FileDiff,
+    Kind,
+    Observed,
+    ObservedFile,
+    ObservedUnit,
+    Plan,
+    Section,
+)
 
-MANIFEST_PATH = "/var/lib/provision/manifest.json"
-MANIFEST_SCHEMA = 1
 # The header sits on the first line, or just after a shebang or a format's own first line.
 HEADER_SEARCH_LINES = 5
 POWER_TOLERANCE_W = 0.5  # nvidia-smi reports centiwatts; the driver rounds requested limits
@@ -34,131 +44,6 @@ FOREIGN = (
     "{path} is not managed by provision (no header, not in the manifest): "
     "apply needs --force, which backs it up first"
 )
-
-
-class Kind(StrEnum):
-    STOP = "stop"
-    DISABLE = "disable"
-    WRITE_FILE = "write-file"
-    REMOVE_FILE = "remove-file"
-    DAEMON_RELOAD = "daemon-reload"
-    ENABLE = "enable"
-    SET_POWER = "set-power"
-    RESTART = "restart"
-    RELOAD = "reload"
-    PULL_MODEL = "pull-model"
-    CREATE_MODEL = "create-model"
-    WRITE_MANIFEST = "write-manifest"
-    NOOP = "no-op"
-
-
-# These act on running processes or hardware: under an offline --root they are recorded, not run.
-LIVE_ONLY = frozenset(
-    {
-        Kind.STOP,
-        Kind.DAEMON_RELOAD,
-        Kind.SET_POWER,
-        Kind.RESTART,
-        Kind.RELOAD,
-        Kind.PULL_MODEL,
-        Kind.CREATE_MODEL,
-    }
-)
-
-
-@dataclass(frozen=True)
-class Action:
-    kind: Kind
-    target: str  # a path on the target host, a unit, a GPU UUID or a model name
-    reason: str
-    detail: str = ""  # e.g. "mode 0600 -> 0644", "350 W -> 300 W"
-    skipped_offline: bool = False  # live-only step under an offline root: reported, not run
-    refused: str = ""  # why apply must not do it as things stand
-    forceable: bool = False  # --force lifts the refusal (a file provision does not own)
-    file: DesiredFile | None = None  # what write-file writes
-    watts: float | None = None  # what set-power sets
-    source: str = ""  # create-model: the Modelfile
-
-
-@dataclass(frozen=True)
-class ObservedFile:
-    path: str
-    kind: str  # "file", "missing", "symlink" (the path or a parent directory), "other"
-    data: bytes = b""
-    mode: int | None = None
-    owner: str | None = None
-    group: str | None = None
-    note: str = ""  # e.g. which parent directory is a symlink
-
-
-@dataclass(frozen=True)
-class ObservedUnit:
-    name: str
-    enabled: str  # `systemctl is-enabled`'s word; "not-found" when there is no unit file
-    active: str | None = None  # ActiveState, live only
-    ran_ok: bool | None = None  # a oneshot ran and succeeded this boot (live only)
-    needs_daemon_reload: bool = False
-
-
-@dataclass(frozen=True)
-class Observed:
-    live: bool
-    files: Mapping[str, ObservedFile]
-    units: Mapping[str, ObservedUnit]
-    power_w: Mapping[str, float] | None = None  # GPU UUID -> current limit; None: not read
-    ollama_models: frozenset[str] | None = None  # None: not known (offline or unreachable)
-    ollama_version: str | None = None
-    manifest: Mapping[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class FileDiff:
-    path: str
-    text: str  # a unified diff; empty when only mode or owner differ
-
-
-@dataclass(frozen=True)
-class Plan:
-    live: bool
-    actions: tuple[Action, ...]  # in execution order, skipped-offline ones included
-    noops: tuple[Action, ...]
-    diffs: tuple[FileDiff, ...]
-    manifest: dict[str, Any]  # the manifest apply writes last (without "last_apply")
-    not_checked: tuple[str, ...] = ()  # offline: what could not be read, per category
-
-    @property
-    def changes(self) -> tuple[Action, ...]:
-        return tuple(a for a in self.actions if not a.skipped_offline)
-
-    @property
-    def in_sync(self) -> bool:
-        return not self.changes
-
-    def refusals(self, force: bool) -> tuple[Action, ...]:
-        return tuple(a for a in self.actions if a.refused and not (force and a.forceable))
-
-
-@dataclass
-class _Section:
-    actions: list[Action] = field(default_factory=list)
-    noops: list[Action] = field(default_factory=list)
-    diffs: list[FileDiff] = field(default_factory=list)
-
-    def act(self, kind: Kind, target: str, reason: str, live: bool, **kwargs: Any) -> None:
-        offline = kind in LIVE_ONLY and not live
-        self.actions.append(Action(kind, target, reason, skipped_offline=offline, **kwargs))
-
-    def noop(self, target: str, reason: str) -> None:
-        self.noops.append(Action(Kind.NOOP, target, reason))
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def encode(content: str) -> bytes:
-    # surrogateescape: backed-up bytes that are not UTF-8 are restored exactly.
-    return content.encode("utf-8", "surrogateescape")
 
 
 def carries_header(data: bytes) -> bool:
@@ -204,8 +89,8 @@ def _previous_files(manifest: Mapping[str, Any] | None) -> dict[str, Mapping[str
 
 def _plan_files(
     desired: DesiredState, observed: Observed, previous: Mapping[str, Mapping[str, Any]]
-) -> _Section:
-    section = _Section()
+) -> Section:
+    section = Section()
     wanted = {f.path for f in desired.files}
     for desired_file in sorted(desired.files, key=lambda f: f.path):
         _plan_file(section, desired_file, observed.files[desired_file.path], previous)
@@ -215,7 +100,7 @@ def _plan_files(
 
 
 def _plan_file(
-    section: _Section,
+    section: Section,
     want: DesiredFile,
     have: ObservedFile,
     previous: Mapping[str, Mapping[str, Any]],
@@ -273,7 +158,7 @@ def _mode_owner_detail(want: DesiredFile, have: ObservedFile) -> str:
     return ", ".join(parts)
 
 
-def _plan_removal(section: _Section, have: ObservedFile, recorded: Mapping[str, Any]) -> None:
+def _plan_removal(section: Section, have: ObservedFile, recorded: Mapping[str, Any]) -> None:
     if have.kind == "missing":
         section.noop(have.path, "no longer wanted and already absent")
     elif have.kind != "file":
@@ -331,8 +216,8 @@ def _instances(unit: str, names: Iterable[str]) -> list[str]:
     return [n for n in names if n.startswith(prefix + "@") and n.endswith(suffix)]
 
 
-def _plan_daemon_reload(dirty: set[str], observed: Observed) -> _Section:
-    section = _Section()
+def _plan_daemon_reload(dirty: set[str], observed: Observed) -> Section:
+    section = Section()
     unit_files = sorted(p for p in dirty if p.startswith(SYSTEMD_DIR + "/"))
     stale = sorted(u.name for u in observed.units.values() if u.needs_daemon_reload)
     if unit_files or stale:
@@ -356,8 +241,8 @@ def _missing_unit(unit: str, desired: DesiredState, observed: Observed) -> str:
     return f"{unit} does not exist on the host and provision does not write it"
 
 
-def _plan_enable(desired: DesiredState, observed: Observed) -> _Section:
-    section = _Section()
+def _plan_enable(desired: DesiredState, observed: Observed) -> Section:
+    section = Section()
     for unit in desired.units:
         state = observed.units[unit.name].enabled
         missing = _missing_unit(unit.name, desired, observed)
@@ -377,9 +262,9 @@ def _recorded_units(observed: Observed) -> list[str]:
     return [str(u.get("name")) for u in (observed.manifest or {}).get("units", ())]
 
 
-def _plan_obsolete_units(desired: DesiredState, observed: Observed) -> _Section:
+def _plan_obsolete_units(desired: DesiredState, observed: Observed) -> Section:
     """Units the last apply managed that the desired state no longer has: stop, then disable."""
-    section = _Section()
+    section = Section()
     wanted = {u.name for u in desired.units}
     for name in sorted(set(_recorded_units(observed)) - wanted):
         seen = observed.units[name]
@@ -423,8 +308,8 @@ def _plan_restarts(
     observed: Observed,
     dirty: set[str],
     previous: Mapping[str, Mapping[str, Any]],
-) -> _Section:
-    section = _Section()
+) -> Section:
+    section = Section()
     restarts, reloads = _inputs(desired, dirty, previous)
     units = {u.name: u for u in desired.units}
     # Units the last apply managed and this one drops are stopped, not restarted.
@@ -467,8 +352,8 @@ def _restart_reason(
     return f"is {seen.active}"
 
 
-def _plan_power(desired: DesiredState, observed: Observed) -> _Section:
-    section = _Section()
+def _plan_power(desired: DesiredState, observed: Observed) -> Section:
+    section = Section()
     recorded = (observed.manifest or {}).get("power", ())
     wanted = {p.uuid for p in desired.power}
     targets = [(p.uuid, p.target_w, p.reason) for p in desired.power]
@@ -507,8 +392,8 @@ def _is_registry_model(base: str) -> bool:
     return not base.startswith(("/", "./", "../", "~")) and not base.endswith(".gguf")
 
 
-def _plan_models(desired: DesiredState, observed: Observed, dirty: set[str]) -> _Section:
-    section = _Section()
+def _plan_models(desired: DesiredState, observed: Observed, dirty: set[str]) -> Section:
+    section = Section()
     have = observed.ollama_models
     for model in desired.models:
         name = normalize_model(model.name)
@@ -535,71 +420,8 @@ def _plan_models(desired: DesiredState, observed: Observed, dirty: set[str]) -> 
     return section
 
 
-def build_manifest(desired: DesiredState) -> dict[str, Any]:
-    """What the last completed apply established; `verify` and the next plan read it."""
-    return {
-        "schema": MANIFEST_SCHEMA,
-        "profile_digest": desired.profile_digest,
-        "rig_digest": desired.rig_digest,
-        "files": [_manifest_file(f) for f in sorted(desired.files, key=lambda f: f.path)],
-        "units": [_manifest_unit(u) for u in desired.units],
-        "ports": [
-            {"unit": u.name, "host": u.listen[0], "port": u.listen[1]}
-            for u in desired.units
-            if u.listen
-        ],
-        "power": [
-            {"uuid": p.uuid, "target_w": p.target_w, "default_w": p.default_w, "reason": p.reason}
-            for p in desired.power
-        ],
-        "models": [_manifest_model(m, desired) for m in desired.models],
-    }
-
-
-def _manifest_file(f: DesiredFile) -> dict[str, Any]:
-    return {
-        "path": f.path,
-        "sha256": sha256(encode(f.content)),
-        "mode": f"{f.mode:04o}",
-        "owner": f.owner,
-        "group": f.group,
-        "restarts": list(f.restarts),
-        "reloads": list(f.reloads),
-    }
-
-
-def _manifest_unit(u: DesiredUnit) -> dict[str, Any]:
-    listen = f"{u.listen[0]}:{u.listen[1]}" if u.listen else None
-    return {
-        "name": u.name,
-        "enabled": u.enabled,
-        "active": u.active,
-        "oneshot": u.oneshot,
-        "listen": listen,
-    }
-
-
-def _manifest_model(model: DesiredModel, desired: DesiredState) -> dict[str, Any]:
-    contents = {f.path: f.content for f in desired.files}
-    content = contents.get(model.modelfile_path)
-    digest = sha256(encode(content)) if content is not None else None
-    return {
-        "name": model.name,
-        "base": model.base,
-        "modelfile_path": model.modelfile_path,
-        "modelfile_sha256": digest,
-    }
-
-
-def comparable(manifest: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """A manifest without the record of when and by what it was written."""
-    if manifest is None:
-        return None
-    return {k: v for k, v in manifest.items() if k != "last_apply"}
-
-
-def _plan_manifest(manifest: dict[str, Any], observed: Observed) -> _Section:
-    section = _Section()
+def _plan_manifest(manifest: dict[str, Any], observed: Observed) -> Section:
+    section = Section()
     if comparable(observed.manifest) == manifest:
         section.noop(MANIFEST_PATH, "records this desired state already")
     else:

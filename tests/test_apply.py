@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from provision import apply as apply_module
-from provision.apply import Settings, execute, list_backups, load_backup, locked
+from provision.apply import Settings, execute, locked
+from provision.backup import list_backups, load_backup
 from provision.command import CompletedCommand, run
 from provision.desired import DesiredState
 from provision.errors import HostError, RolledBack
@@ -30,7 +31,8 @@ from provision.host import (
     unit_states,
     write_atomic,
 )
-from provision.plan import MANIFEST_PATH, build_manifest, comparable, encode, make_plan
+from provision.manifest import MANIFEST_PATH, build_manifest, comparable, encode
+from provision.plan import make_plan
 from tests.helpers import REPO_ROOT
 from tests.test_plan import state_a, state_b
 

@@ -16,16 +16,9 @@ from provision.desired import (
     DesiredState,
     DesiredUnit,
 )
-from provision.plan import (
-    MANIFEST_PATH,
-    Kind,
-    Observed,
-    ObservedFile,
-    ObservedUnit,
-    build_manifest,
-    encode,
-    make_plan,
-)
+from provision.manifest import MANIFEST_PATH, build_manifest, encode
+from provision.plan import make_plan
+from provision.plan_types import Kind, Observed, ObservedFile, ObservedUnit
 
 SYSTEMD = "/etc/systemd/system"
 TEMPLATE = f"{SYSTEMD}/ollama@.service"
