@@ -24,6 +24,9 @@ CUDA_FOOTPRINT_BYTES = 400 * MIB
 OLLAMA_LEGACY_MIN_PER_GPU = 457 * MIB
 # Kepler (CC 3.x) compute graphs measured 15-20% smaller than the generic estimate.
 KEPLER_COMPUTE_FACTOR = 0.85
+# ggml's scheduler keeps this many copies of the graph inputs when it pipelines micro-batches
+# over several devices (GGML_SCHED_MAX_COPIES).
+PIPELINE_COPIES = 4
 
 
 class Runtime(StrEnum):
@@ -85,10 +88,19 @@ def _pad(value: int, multiple: int) -> int:
 
 @dataclass(frozen=True)
 class KvCells:
-    """Cells of the full-attention and sliding-window caches, summed over streams."""
+    """Cells per stream of the full-attention and sliding-window caches, and the streams."""
 
-    full: int
-    swa: int
+    full_per_stream: int
+    swa_per_stream: int
+    streams: int = 1
+
+    @property
+    def full(self) -> int:
+        return self.full_per_stream * self.streams
+
+    @property
+    def swa(self) -> int:
+        return self.swa_per_stream * self.streams
 
 
 def kv_cells(spec: ModelSpec, settings: RunSettings) -> KvCells:
@@ -107,7 +119,7 @@ def kv_cells(spec: ModelSpec, settings: RunSettings) -> KvCells:
     if spec.sliding_window:
         window_cells = spec.sliding_window * (settings.parallel if unified else 1)
         swa_per_stream = _pad(min(per_stream, window_cells + settings.ubatch), CTX_PAD)
-    return KvCells(full=per_stream * streams, swa=swa_per_stream * streams)
+    return KvCells(per_stream, swa_per_stream, streams)
 
 
 def kv_layer_bytes(spec: ModelSpec, settings: RunSettings, layer: int) -> int:
@@ -131,23 +143,32 @@ def compute_bytes(
     settings: RunSettings,
     holds_output: bool,
     compute_capability: tuple[int, int] | None = None,
+    pipeline: bool = False,
 ) -> int:
     """The compute buffer llama.cpp reserves on a device that runs layers.
 
-    Sized for the worst-case micro-batch: activations of width n_embd and n_ff live at once;
-    without flash attention the attention scores (ubatch x cells x heads, f32) dominate; the
-    device holding the output head also holds the logits (ubatch x vocab, f32).
+    Fitted to real llama.cpp loads (bench/ACCURACY.md), exact to a few KiB on every measured
+    model: the worst-case micro-batch keeps 4 activations of width n_embd and 3 of the FFN
+    width (x experts used) alive, plus the f16 attention masks over the cells one stream sees.
+    With several devices and every layer offloaded, llama.cpp pipelines micro-batches (4 graph
+    copies): each device then holds 4 masks and extra input copies, 12 n_embd-wide ones where
+    the output head is not and 3 where it is. Without flash attention the f32 attention scores
+    (micro-batch x cells x heads) come on top; that case is not calibrated.
     """
     ubatch = min(settings.ubatch, settings.batch)
-    cells = kv_cells(spec, settings).full
+    cells = kv_cells(spec, settings)
     n_ff = spec.n_ff or 4 * spec.n_embd
     if spec.n_expert_used:
         n_ff *= spec.n_expert_used
-    total = ubatch * 4 * (3 * spec.n_embd + 2 * n_ff)
+    total = ubatch * 4 * (4 * spec.n_embd + 3 * n_ff)
+    stream_cells = cells.full_per_stream + (cells.swa_per_stream if spec.sliding_window else 0)
+    mask = ubatch * 2 * stream_cells
+    if pipeline:
+        total += PIPELINE_COPIES * mask + ubatch * 4 * spec.n_embd * (3 if holds_output else 12)
+    else:
+        total += mask
     if not settings.flash_attention:
-        total += ubatch * cells * spec.n_head * 4
-    if holds_output:
-        total += ubatch * spec.n_vocab * 4
+        total += ubatch * cells.full_per_stream * spec.n_head * 4
     if compute_capability is not None and compute_capability < (5, 0):
         total = int(total * KEPLER_COMPUTE_FACTOR)
     return total
@@ -203,6 +224,7 @@ def device_footprint(
     holds_output: bool,
     compute_capability: tuple[int, int] | None = None,
     legacy_ollama: bool = False,
+    pipeline: bool = False,
 ) -> DeviceFootprint:
     weights = sum(spec.layer_weight_bytes[il] for il in layers)
     if holds_output:
@@ -214,7 +236,9 @@ def device_footprint(
         weights_bytes=weights,
         kv_bytes=kv_bytes(spec, settings, layers),
         compute_bytes=(
-            compute_bytes(spec, settings, holds_output, compute_capability) if runs_something else 0
+            compute_bytes(spec, settings, holds_output, compute_capability, pipeline)
+            if runs_something
+            else 0
         ),
         overhead_bytes=device_overhead_bytes(settings, legacy_ollama) if runs_something else 0,
     )

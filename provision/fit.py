@@ -18,7 +18,9 @@ from provision.estimate import (
     KvType,
     RunSettings,
     assign_layers,
+    compute_bytes,
     device_footprint,
+    device_overhead_bytes,
     kv_bytes,
 )
 from provision.models import ModelSpec
@@ -92,7 +94,9 @@ class _Fitter:
     def __init__(self, rig: Rig, spec: ModelSpec, settings: RunSettings, legacy: bool) -> None:
         self.rig, self.spec, self.settings, self.legacy = rig, spec, settings, legacy
 
-    def share(self, gpu: Gpu, layers: Sequence[int], holds_output: bool) -> GpuShare:
+    def share(
+        self, gpu: Gpu, layers: Sequence[int], holds_output: bool, pipeline: bool = False
+    ) -> GpuShare:
         footprint = device_footprint(
             self.spec,
             self.settings,
@@ -100,22 +104,26 @@ class _Fitter:
             holds_output,
             gpu.compute_capability_tuple,
             self.legacy,
+            pipeline,
         )
         return GpuShare(gpu, usable_free_bytes(gpu), footprint)
 
     def single(self, gpu: Gpu) -> GpuShare:
         return self.share(gpu, range(self.spec.n_layer), True)
 
-    def layer_capacity(self, gpu: Gpu, holds_output: bool) -> float:
+    def layer_capacity(self, gpu: Gpu, holds_output: bool, pipeline: bool) -> float:
         """Bytes left for layers (weights + KV) once the fixed costs are paid."""
-        fixed = self.share(gpu, [], holds_output).footprint.total_bytes
+        cc = gpu.compute_capability_tuple
+        fixed = compute_bytes(self.spec, self.settings, holds_output, cc, pipeline)
+        fixed += device_overhead_bytes(self.settings, self.legacy)
+        fixed += self.spec.output_bytes if holds_output else 0
         return max(usable_free_bytes(gpu) - fixed, 0)
 
     def split(self, gpus: Sequence[Gpu], n_gpu_layers: int | None = None) -> list[GpuShare]:
         """Layers over `gpus` in order, proportional to room for layers, then rebalanced."""
+        pipeline = _pipelined(gpus, n_gpu_layers)
         proportions = [
-            self.layer_capacity(g, holds_output=i == len(gpus) - 1) + 1.0
-            for i, g in enumerate(gpus)
+            self.layer_capacity(g, i == len(gpus) - 1, pipeline) + 1.0 for i, g in enumerate(gpus)
         ]
         shares = self.assign(gpus, proportions, n_gpu_layers)
         for _ in range(_REBALANCE_STEPS):
@@ -131,7 +139,13 @@ class _Fitter:
         self, gpus: Sequence[Gpu], proportions: Sequence[float], n_gpu_layers: int | None
     ) -> list[GpuShare]:
         layers, output_device = assign_layers(self.spec.n_layer, proportions, n_gpu_layers)
-        return [self.share(g, layers[i], output_device == i) for i, g in enumerate(gpus)]
+        pipeline = _pipelined(gpus, n_gpu_layers)
+        return [self.share(g, layers[i], output_device == i, pipeline) for i, g in enumerate(gpus)]
+
+
+def _pipelined(gpus: Sequence[Gpu], n_gpu_layers: int | None) -> bool:
+    """llama.cpp pipelines micro-batches when several GPUs hold every layer and the output."""
+    return len(gpus) > 1 and n_gpu_layers is None
 
 
 def _subset_key(rig: Rig, gpus: Sequence[Gpu]) -> tuple[int, tuple[tuple[int, int], ...], int]:

@@ -97,12 +97,34 @@ def test_layer_split_matches_llama_cpp_upper_bound_rule() -> None:
     assert layers == [[]] and output is None
 
 
-def test_output_device_holds_logits_in_its_compute_buffer() -> None:
+def test_compute_buffer_follows_the_measured_shape() -> None:
+    # 4 activations of width n_embd, 3 of the FFN width, and the f16 mask over the cells: for
+    # llama3.1:8b at 2048 cells, 118.0 MiB as llama.cpp reported it (bench/ACCURACY.md).
     spec = _spec("llama3.1:8b")
-    settings = RunSettings(ctx_tokens=8192)
-    with_output = compute_bytes(spec, settings, holds_output=True)
-    without = compute_bytes(spec, settings, holds_output=False)
-    assert with_output - without == 512 * spec.n_vocab * 4
+    single = compute_bytes(spec, RunSettings(ctx_tokens=2048), holds_output=True)
+    assert single == 512 * 4 * (4 * 4096 + 3 * 14336) + 512 * 2 * 2048
+    assert round(single / 2**20, 1) == 118.0
+
+
+def test_pipelined_devices_hold_four_masks_and_input_copies() -> None:
+    spec = _spec("llama3.1:8b")
+    settings = RunSettings(ctx_tokens=2048)
+    single = compute_bytes(spec, settings, holds_output=True)
+    mask = 512 * 2 * 2048
+    unit = 512 * 4 * 4096
+    first = compute_bytes(spec, settings, holds_output=False, pipeline=True)
+    last = compute_bytes(spec, settings, holds_output=True, pipeline=True)
+    assert first == single - mask + 4 * mask + 12 * unit
+    assert last == single - mask + 4 * mask + 3 * unit
+
+
+def test_moe_ffn_width_counts_the_experts_used() -> None:
+    spec = _spec("mixtral:8x7b")
+    assert spec.n_expert_used == 2
+    dense = replace(spec, n_expert_used=None)
+    settings = RunSettings(ctx_tokens=2048)
+    extra = compute_bytes(spec, settings, True) - compute_bytes(dense, settings, True)
+    assert extra == 512 * 4 * 3 * spec.n_ff
 
 
 def test_no_flash_attention_adds_attention_scores() -> None:
