@@ -61,3 +61,10 @@ system-deps:
 # ${XDG_CACHE_HOME:-~/.cache}/gpu-provision/rootfs); the test fixture builds it when missing too.
 rootfs: system-deps
 	$(PYTHON) -m tests.system.nspawn rootfs
+
+# The end-to-end stage alone: the system tests (tests/system), each on a real systemd booted in
+# systemd-nspawn: install from the wheel, diff, apply, reboot, verify, tamper, repair, roll back.
+# Fails (rather than skips) without root or the host tools; the rootfs is built when missing.
+.PHONY: e2e
+e2e: $(STAMP) system-deps
+	GPU_PROVISION_SYSTEM_TESTS=require $(BIN)/pytest -q tests/system

@@ -223,4 +223,4 @@ def main() -> None:
         sys.exit(int(ExitCode.HOST_ERROR))
 
 
-from provision import cli_change  # noqa: E402,F401
+from provision import cli_change, cli_verify  # noqa: E402,F401

@@ -1,0 +1,10 @@
+"""`provision verify`: prove that a host is what the last apply's manifest says. DESIGN.md §2, §3.
+
+- `checks`: the manifest -> the list of checks, each with a stable id `KIND:TARGET`, and the
+  pure verdicts on what a check saw (`systemctl show`, `ss`, HTTP replies);
+- `environment`: what systemd gives a service from its unit files and environment files;
+- `suite`: the pytest-testinfra test module shipped in the package, parametrized with those
+  checks (one test per check and host);
+- `runner`: connects to the hosts, reads their manifests, runs the suite with pytest in-process
+  and collects one result per check.
+"""

@@ -1,0 +1,316 @@
+"""The manifest -> the checks `provision verify` runs, and the verdicts on what they see. Pure.
+
+A check is named `KIND:TARGET` (e.g. `unit:ollama.service`, `port:127.0.0.1:11434`); the id is
+stable, so a test or a script can say exactly which checks failed. Under an offline root only
+files and unit enablement can be checked; on a live host (root /) every kind is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from provision.desired import SYSTEMD_DIR
+from provision.plan import ENABLED_STATES, normalize_model
+from provision.render import NGINX_UNIT, OLLAMA_UNIT
+
+HTTP_TIMEOUT_S = 5
+
+
+class CheckKind(StrEnum):
+    FILE = "file"  # exists, with the recorded sha256, mode, owner and group
+    UNIT = "unit"  # enabled (or not) and active (oneshot: ran this boot and succeeded)
+    PORT = "port"  # something listens on exactly this address
+    ENV = "env"  # the main process has the environment the managed files give it
+    NGINX = "nginx"  # the balancer answers /api/version on its public address
+    OLLAMA = "ollama"  # an Ollama instance answers /api/version directly
+    MODEL = "model"  # the public Ollama endpoint lists the model in /api/tags
+    POWER = "power"  # nvidia-smi reports the planned power limit for the GPU
+
+
+@dataclass(frozen=True)
+class Check:
+    kind: CheckKind
+    target: str
+    expect: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}:{self.target}"
+
+
+class ManifestError(ValueError):
+    """The manifest does not have the shape apply writes."""
+
+
+def checks_for(manifest: Mapping[str, Any], live: bool) -> tuple[Check, ...]:
+    """Every check the manifest implies, in a fixed order (files, units, then live checks)."""
+    if manifest.get("schema") != 1:
+        raise ManifestError("not a schema 1 manifest")
+    files = _records(manifest, "files", ("path", "sha256", "mode", "owner", "group"))
+    units = _records(manifest, "units", ("name", "enabled", "active"))
+    checks = [_file_check(f) for f in files]
+    checks += [
+        Check(
+            CheckKind.UNIT,
+            str(u["name"]),
+            {"enabled": bool(u["enabled"]), "active": bool(u["active"]), "oneshot": _oneshot(u)},
+        )
+        for u in units
+    ]
+    if not live:
+        return tuple(checks)
+    running = [u for u in units if u["active"] and not _oneshot(u)]
+    ports = _records(manifest, "ports", ("unit", "host", "port"))
+    checks += [
+        Check(CheckKind.PORT, address(str(p["host"]), int(p["port"])), {"unit": str(p["unit"])})
+        for p in ports
+    ]
+    checks += [c for u in running if (c := _env_check(str(u["name"]), files)) is not None]
+    checks += _http_checks(running)
+    public_unit, public = _public_address(running)
+    for model in _records(manifest, "models", ("name",)):
+        name = normalize_model(str(model["name"]))
+        checks.append(Check(CheckKind.MODEL, name, {"address": public, "unit": public_unit}))
+    for power in _records(manifest, "power", ("uuid", "target_w")):
+        checks.append(Check(CheckKind.POWER, str(power["uuid"]), {"target_w": power["target_w"]}))
+    return tuple(checks)
+
+
+def _records(manifest: Mapping[str, Any], key: str, fields: Sequence[str]) -> list[Any]:
+    records = manifest.get(key, [])
+    if not isinstance(records, list):
+        raise ManifestError(f"'{key}' is not a list")
+    for index, record in enumerate(records):
+        if not isinstance(record, dict) or any(f not in record for f in fields):
+            raise ManifestError(f"{key}[{index}] lacks one of {', '.join(fields)}")
+    return records
+
+
+def _oneshot(unit: Mapping[str, Any]) -> bool:
+    return bool(unit.get("oneshot", False))
+
+
+def _file_check(record: Mapping[str, Any]) -> Check:
+    try:
+        mode = int(str(record["mode"]), 8)
+    except ValueError:
+        raise ManifestError(f"{record['path']}: mode {record['mode']!r} is not octal") from None
+    expect = {
+        "sha256": str(record["sha256"]),
+        "mode": mode,
+        "owner": str(record["owner"]),
+        "group": str(record["group"]),
+    }
+    return Check(CheckKind.FILE, str(record["path"]), expect)
+
+
+def _listen(unit: Mapping[str, Any]) -> tuple[str, int] | None:
+    listen = unit.get("listen")
+    if not isinstance(listen, str) or ":" not in listen:
+        return None
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _is_ollama(name: str) -> bool:
+    return name == OLLAMA_UNIT or (name.startswith("ollama@") and name.endswith(".service"))
+
+
+def _http_checks(running: Sequence[Mapping[str, Any]]) -> list[Check]:
+    checks = []
+    upstreams = [
+        address(*listen)
+        for u in running
+        if u["name"] != NGINX_UNIT and (listen := _listen(u)) is not None
+    ]
+    for unit in running:
+        listen = _listen(unit)
+        if listen is None:
+            continue
+        if unit["name"] == NGINX_UNIT:
+            expect = {"url": http_url(*listen), "upstreams": upstreams}
+            checks.append(Check(CheckKind.NGINX, address(*listen), expect))
+        elif _is_ollama(str(unit["name"])):
+            expect = {"url": http_url(*listen), "unit": unit["name"]}
+            checks.append(Check(CheckKind.OLLAMA, address(*listen), expect))
+    return checks
+
+
+def _public_address(running: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
+    """(unit, URL) where clients reach Ollama: the balancer when there is one, else the first
+    instance; ("", None) when nothing serves it."""
+    for wanted in (lambda n: n == NGINX_UNIT, _is_ollama):
+        for unit in running:
+            listen = _listen(unit)
+            if listen is not None and wanted(str(unit["name"])):
+                return str(unit["name"]), http_url(*listen)
+    return "", None
+
+
+# --- units ----------------------------------------------------------------------------------
+
+UNIT_PROPERTIES = (
+    "LoadState",
+    "UnitFileState",
+    "ActiveState",
+    "SubState",
+    "Result",
+    "ExecMainStatus",
+    "ExecMainExitTimestampMonotonic",
+    "RemainAfterExit",
+)
+
+
+def parse_show(text: str) -> dict[str, str]:
+    """`systemctl show --property=...` of one unit -> {property: value}."""
+    pairs = (line.partition("=") for line in text.splitlines() if "=" in line)
+    return {key: value for key, _, value in pairs}
+
+
+def unit_verdict(props: Mapping[str, str], expect: Mapping[str, Any]) -> tuple[bool, str]:
+    """Enabled and active as the manifest says. A oneshot must have run and succeeded in this
+    boot: systemd's unit state starts empty at every boot, so an exit timestamp means this one.
+    """
+    if props.get("LoadState") in ("not-found", "masked"):
+        return False, f"{props['LoadState']}, wanted {_on(expect)}"
+    enabled_ok, enabled = enablement_verdict(props.get("UnitFileState") or "static", expect)
+    active_ok, active = _activity(props, expect)
+    if enabled_ok and active_ok:
+        return True, f"{enabled}, {active}"
+    return False, f"{enabled}{' but' if enabled_ok else ';'} {active}"
+
+
+def enablement_verdict(state: str, expect: Mapping[str, Any]) -> tuple[bool, str]:
+    """`state` is systemctl's UnitFileState (or is-enabled's word)."""
+    ok = (state in ENABLED_STATES) == expect["enabled"]
+    return ok, state if ok else f"{state}, wanted {_on(expect)}"
+
+
+def _on(expect: Mapping[str, Any]) -> str:
+    return "enabled" if expect["enabled"] else "disabled"
+
+
+def _activity(props: Mapping[str, str], expect: Mapping[str, Any]) -> tuple[bool, str]:
+    active, sub = props.get("ActiveState", "unknown"), props.get("SubState", "?")
+    result, status = props.get("Result", "?"), props.get("ExecMainStatus", "?")
+    if not expect["active"]:
+        running = active in ("active", "activating", "reloading")
+        return not running, f"{active} ({sub}), wanted stopped" if running else "not active"
+    if expect["oneshot"]:
+        if props.get("ExecMainExitTimestampMonotonic", "0") in ("", "0"):
+            return False, "has not run since boot"
+        if result != "success" or status != "0":
+            return False, f"ran this boot and failed ({result}, exit status {status})"
+        if props.get("RemainAfterExit") == "yes" and active != "active":
+            return False, f"ran this boot, then stopped ({active})"  # ExecStop= undid it
+        return True, "ran this boot and succeeded"
+    if active != "active":
+        return False, f"not active ({active}/{sub}, result {result})"
+    return True, f"active ({sub})"
+
+
+# --- addresses and HTTP --------------------------------------------------------------------
+
+
+def address(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 address in brackets."""
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]:{port}"
+    except ValueError:
+        pass  # a host name
+    return f"{host}:{port}"
+
+
+def http_url(host: str, port: int) -> str:
+    """The URL a client on the host itself uses: a wildcard listener is reached on loopback."""
+    reach = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "*": "127.0.0.1"}
+    return f"http://{address(reach.get(host, host), port)}"
+
+
+def curl_argv(url: str) -> str:
+    """A shell command that prints the body, a newline and the HTTP status (000: no answer)."""
+    return f"curl -sS --max-time {HTTP_TIMEOUT_S} -w '\\n%{{http_code}}' {url}"
+
+
+def parse_curl(stdout: str) -> tuple[int, str]:
+    body, _, code = stdout.rpartition("\n")
+    return (int(code) if code.strip().isdigit() else 0), body
+
+
+def parse_version(body: str) -> str | None:
+    try:
+        version = json.loads(body).get("version")
+    except (ValueError, AttributeError):
+        return None
+    return version if isinstance(version, str) else None
+
+
+# --- listening sockets ---------------------------------------------------------------------
+
+_WILDCARDS = frozenset({"*", "0.0.0.0", "::", ""})
+
+
+def listeners(ss_output: str, port: int) -> list[str]:
+    """Local addresses of listening TCP sockets on `port`, from `ss -Hltn`."""
+    found = []
+    for line in ss_output.splitlines():
+        words = line.split()
+        if len(words) < 4:
+            continue
+        local = words[3] if not words[0].isdigit() else words[2]  # with or without State
+        host, _, text = local.rpartition(":")
+        if text == str(port):
+            found.append(address(host.strip("[]").split("%", 1)[0], port))
+    return found
+
+
+def listen_verdict(ss_output: str, host: str, port: int) -> tuple[bool, str]:
+    """Exactly the expected address: a wildcard where loopback was planned exposes the port."""
+    found = listeners(ss_output, port)
+    wildcards = [a for a in found if a.rpartition(":")[0].strip("[]") in _WILDCARDS]
+    expected = address(host, port)
+    if not found:
+        return False, f"nothing listens on port {port}"
+    if host in _WILDCARDS:
+        return bool(wildcards), ", ".join(found)
+    if wildcards:
+        return False, f"listens on {', '.join(wildcards)}, not only on {expected}"
+    if expected not in found:
+        return False, f"port {port} is open on {', '.join(found)}, not on {expected}"
+    return True, f"listening on {expected}"
+
+
+# --- environments ----------------------------------------------------------------------------
+
+
+def env_sources(unit: str, files: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Managed unit files that configure `unit`: its unit file (or template), then drop-ins
+    ordered by file name, as systemd applies them."""
+    names = {unit}
+    if "@" in unit:
+        names.add(unit.split("@", 1)[0] + "@." + unit.rsplit(".", 1)[-1])
+    main, dropins = [], []
+    for record in files:
+        path = str(record["path"])
+        if not path.startswith(SYSTEMD_DIR + "/"):
+            continue
+        head, _, tail = path[len(SYSTEMD_DIR) + 1 :].partition("/")
+        if not tail and head in names:
+            main.append(path)
+        elif tail.endswith(".conf") and "/" not in tail and head.removesuffix(".d") in names:
+            dropins.append(path)
+    return sorted(main) + sorted(dropins, key=lambda p: p.rsplit("/", 1)[-1])
+
+
+def _env_check(unit: str, files: Sequence[Mapping[str, Any]]) -> Check | None:
+    sources = env_sources(unit, files)
+    if not sources:
+        return None
+    managed = {str(f["path"]): str(f["sha256"]) for f in files}
+    return Check(CheckKind.ENV, unit, {"sources": sources, "managed": managed})

@@ -1,0 +1,240 @@
+"""The verify suite: one pytest-testinfra test per check, parametrized from the manifest.
+
+`provision verify` runs this module (see runner.py); it also runs on its own under any pytest
+with pytest-testinfra: `pytest --hosts=ssh://gpu-box provision/verify/suite.py`. A test fails
+with one line that says what differs (`pytest.fail(..., pytrace=False)`); a passing test records
+what it saw as the `detail` user property.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from provision.manifest import sha256
+from provision.plan import POWER_TOLERANCE_W
+from provision.render import NGINX_UNIT
+from provision.verify import checks as c
+from provision.verify import environment
+from provision.verify.checks import Check, CheckKind
+from provision.verify.runner import DETAIL, TARGETS, Target, standalone_targets
+
+Record = Callable[[str, object], None]
+SETTLE_S = 10.0  # for a service that is active but not listening yet, e.g. right after a boot
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "check" not in metafunc.fixturenames:
+        return
+    targets = metafunc.config.stash.get(TARGETS, None)
+    if targets is None:
+        targets = metafunc.config.stash[TARGETS] = standalone_targets(metafunc.config)
+    kind = CheckKind(metafunc.definition.name.removeprefix("test_"))
+    several = len(targets) > 1
+    params = [
+        pytest.param(t, check, id=f"{t.name}|{check.id}" if several else check.id)
+        for t in targets
+        for check in t.checks
+        if check.kind is kind
+    ]
+    metafunc.parametrize(("target", "check"), params)
+
+
+def fail(message: str) -> None:
+    pytest.fail(message, pytrace=False)
+
+
+def _run(target: Target, command: str, *args: str) -> Any:
+    return target.host.run(command, *args)
+
+
+def test_file(target: Target, check: Check, record_property: Record) -> None:
+    want = check.expect
+    path = target.path(check.target)
+    seen = _run(target, "stat -c '%%F|%%a|%%U|%%G' -- %s && sha256sum -- %s", path, path)
+    lines = seen.stdout.splitlines()
+    if not lines:
+        fail("missing" if "No such file" in seen.stderr else f"cannot stat: {seen.stderr.strip()}")
+    kind, mode_text, owner, group = lines[0].split("|")
+    if kind not in ("regular file", "regular empty file"):
+        fail(f"is a {kind}, not a regular file: apply never writes through one")
+    if len(lines) < 2:
+        fail(f"cannot read: {seen.stderr.strip()}")
+    sha256 = lines[1].split()[0]
+    mode = int(mode_text, 8)
+    problems = []
+    if sha256 != want["sha256"]:
+        problems.append(f"content changed (sha256 {sha256[:12]}, applied {want['sha256'][:12]})")
+    if mode != want["mode"]:
+        problems.append(f"mode {mode:04o}, applied {want['mode']:04o}")
+    if (owner, group) != (want["owner"], want["group"]):
+        problems.append(f"owner {owner}:{group}, applied {want['owner']}:{want['group']}")
+    if problems:
+        fail("; ".join(problems))
+    record_property(DETAIL, f"sha256 {sha256[:12]}, mode {mode:04o}, {owner}:{group}")
+
+
+def test_unit(target: Target, check: Check, record_property: Record) -> None:
+    if not target.live:  # an offline tree: only whether it would start at boot
+        seen = _run(target, "systemctl --root=%s is-enabled -- %s", target.root, check.target)
+        state = seen.stdout.strip() or "not-found"
+        ok, detail = c.enablement_verdict(state, check.expect)
+        if not ok:
+            fail(detail)
+        record_property(DETAIL, f"{detail} (offline root: running state not checked)")
+        return
+    ok, detail = c.unit_verdict(_show(target, check.target, c.UNIT_PROPERTIES), check.expect)
+    if not ok:
+        fail(detail)
+    record_property(DETAIL, detail)
+
+
+def _show(target: Target, unit: str, properties: tuple[str, ...]) -> dict[str, str]:
+    seen = _run(target, "systemctl show --property=%s -- %s", ",".join(properties), unit)
+    if seen.rc != 0:
+        fail(f"systemctl show failed: {seen.stderr.strip()}")
+    return c.parse_show(seen.stdout)
+
+
+def _settled(target: Target, unit: str, probe: Callable[[], tuple[bool, str]]) -> str:
+    """Run probe until it passes while its unit is still starting (right after a boot a
+    service is active before it listens): at most SETTLE_S per unit and run, shared by all
+    the checks of that unit; a stopped or crash-looping unit fails at once."""
+    ok, detail = probe()
+    deadline = target.deadlines.setdefault(unit, time.monotonic() + SETTLE_S)
+    while not ok and time.monotonic() < deadline and _starting(target, unit):
+        time.sleep(0.25)
+        ok, detail = probe()
+    if not ok:
+        target.deadlines[unit] = 0.0  # it had its chance: the next check does not wait
+        fail(detail)
+    return detail
+
+
+def _starting(target: Target, unit: str) -> bool:
+    props = _show(target, unit, ("ActiveState", "SubState"))
+    state, sub = props.get("ActiveState"), props.get("SubState")
+    return state in ("active", "reloading") or (state == "activating" and sub != "auto-restart")
+
+
+def test_port(target: Target, check: Check, record_property: Record) -> None:
+    host, _, port = check.target.rpartition(":")
+    unit = check.expect["unit"]
+
+    def probe() -> tuple[bool, str]:
+        seen = _run(target, "ss -Hltn")
+        if seen.rc != 0:
+            return False, f"cannot list listening sockets: ss: {seen.stderr.strip() or seen.rc}"
+        ok, detail = c.listen_verdict(seen.stdout, host.strip("[]"), int(port))
+        return ok, f"{detail} ({unit})" if ok else f"{detail} (wanted for {unit})"
+
+    record_property(DETAIL, _settled(target, unit, probe))
+
+
+def test_env(target: Target, check: Check, record_property: Record) -> None:
+    managed: dict[str, str] = check.expect["managed"]
+
+    def managed_text(path: str) -> str | None:
+        if path not in managed:
+            return None  # not ours: nothing is expected of it
+        seen = _run(target, "cat -- %s", target.path(path))
+        if seen.rc != 0 or sha256(seen.stdout_bytes) != managed[path]:
+            fail(f"cannot tell the expected environment: {path} is not what apply wrote")
+        return str(seen.stdout)
+
+    texts = [managed_text(p) or "" for p in check.expect["sources"]]
+    expected = environment.expected_environment(check.target, texts, managed_text)
+    pid = _show(target, check.target, ("MainPID",)).get("MainPID", "0")
+    if pid in ("", "0"):
+        fail("no main process: the service is not running")
+    environ = target.host.file(f"/proc/{pid}/environ")
+    actual = environment.parse_environ(environ.content)
+    problems = environment.environment_differences(expected, actual)
+    if problems:
+        fail(f"main process {pid}: " + "; ".join(problems))
+    names = ", ".join(expected) or "nothing"
+    record_property(DETAIL, f"main process {pid} has {names} as configured")
+
+
+def _http_probe(
+    target: Target, url: str, parse: Callable[[str], tuple[bool, str]]
+) -> Callable[[], tuple[bool, str]]:
+    def probe() -> tuple[bool, str]:
+        seen = _run(target, c.curl_argv(url))
+        if seen.rc == 127:
+            return False, "curl is not installed on the host: HTTP checks need it"
+        code, body = c.parse_curl(seen.stdout)
+        if code != 200:
+            why = seen.stderr.strip().removeprefix("curl: ") or f"HTTP {code}"
+            return False, f"GET {url} failed: {why}"
+        return parse(body)
+
+    return probe
+
+
+def _version_of(url: str, said: str) -> Callable[[str], tuple[bool, str]]:
+    """A parser of /api/version replies; `said` is the pass detail, with {version}."""
+
+    def parse(body: str) -> tuple[bool, str]:
+        version = c.parse_version(body)
+        if version is None:
+            return False, f"GET {url}: no Ollama version in the answer: {body[:80]!r}"
+        return True, said.format(version=version)
+
+    return parse
+
+
+def test_nginx(target: Target, check: Check, record_property: Record) -> None:
+    url = f"{check.expect['url']}/api/version"
+    upstreams = ", ".join(check.expect["upstreams"]) or "no upstream"
+    said = f"answers /api/version ({{version}}) in front of {upstreams}"
+    probe = _http_probe(target, url, _version_of(url, said))
+    record_property(DETAIL, _settled(target, NGINX_UNIT, probe))
+
+
+def test_ollama(target: Target, check: Check, record_property: Record) -> None:
+    url = f"{check.expect['url']}/api/version"
+    unit = check.expect["unit"]
+    probe = _http_probe(target, url, _version_of(url, f"{unit} answers /api/version ({{version}})"))
+    record_property(DETAIL, _settled(target, unit, probe))
+
+
+def test_model(target: Target, check: Check, record_property: Record) -> None:
+    from provision.host import parse_ollama_tags
+
+    base, unit = check.expect["address"], check.expect["unit"]
+    if base is None:
+        fail("no running Ollama service in the manifest to ask")
+    url = f"{base}/api/tags"
+
+    def listed(body: str) -> tuple[bool, str]:
+        try:
+            models = parse_ollama_tags(body.encode())
+        except (ValueError, AttributeError, KeyError, TypeError):
+            return False, f"GET {url}: not a model list: {body[:80]!r}"
+        if check.target not in models:
+            return False, f"not listed by {url} (has {', '.join(sorted(models)) or 'none'})"
+        return True, f"listed by {url}"
+
+    record_property(DETAIL, _settled(target, unit, _http_probe(target, url, listed)))
+
+
+def test_power(target: Target, check: Check, record_property: Record) -> None:
+    from provision.host import parse_power_limits
+
+    if _run(target, "command -v nvidia-smi").rc != 0:
+        pytest.skip("nvidia-smi is not installed: power limits not checked")
+    query = "nvidia-smi --query-gpu=uuid,power.limit --format=csv,noheader,nounits"
+    seen = _run(target, query)
+    if seen.rc != 0:
+        fail(f"{query} failed: {seen.stderr.strip() or seen.stdout.strip()}")
+    limits = parse_power_limits(seen.stdout)
+    want = float(check.expect["target_w"])
+    if check.target not in limits:
+        fail(f"nvidia-smi reports no power limit for this GPU (GPUs: {', '.join(limits)})")
+    if abs(limits[check.target] - want) > POWER_TOLERANCE_W:
+        fail(f"power limit {limits[check.target]:g} W, planned {want:g} W")
+    record_property(DETAIL, f"power limit {limits[check.target]:g} W, as planned")

@@ -1,0 +1,449 @@
+"""End to end on a real systemd: diff, apply, reboot, verify; tamper and repair; a failed start.
+
+Every scenario boots a bookworm container (tests/system/nspawn.py) over two read-only layers:
+the tool installed from the project's wheel (``provision_layer``) and an "Ollama box" baked
+once per session (``ollama_box_layer``): the stand-in ``ollama`` at /usr/local/bin/ollama with
+the stock ollama.service enabled and the ``ollama`` account made as Ollama's install.sh makes
+them, and the stand-in ``nvidia-smi`` at /usr/bin/nvidia-smi (both in tests/system/standins).
+nginx is Debian's, from the rootfs. A scenario copies its rig snapshot in and describes that
+rig's GPUs to the nvidia-smi stand-in, then drives ``provision`` inside the container as an
+operator would.
+
+``provision verify`` results are compared as exact sets of check ids: a check that fails (or
+passes) for a reason the scenario did not cause shows up by name.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from provision.cli import cli
+from provision.rig import load_rig
+from tests.system import nspawn
+from tests.system.conftest import PROVISION_VENV
+from tests.system.nspawn import Container
+from tests.system.testinfra_nsenter import nsenter_host
+
+HERE = Path(__file__).parent
+STANDINS = HERE / "standins"
+RIGS = HERE.parent / "rigs"
+STOCK_OLLAMA_UNIT = HERE.parent / "data/stock-root/etc/systemd/system/ollama.service"
+
+RIG_2X3090 = "synthetic-2x3090-x16-x8"
+RIG_4090_3090 = "synthetic-4090-3090"
+GPU0_3090 = "GPU-3b6f2c1e-8d4a-4f1b-9c2e-5a7d9e1f0a01"
+GPU1_3090 = "GPU-7c1d9a4b-2e6f-4a8c-b1d3-9f0e2c4a6b02"
+
+DROPIN = "/etc/systemd/system/ollama.service.d/50-provision.conf"
+MODELFILE_8B = "/etc/provision/modelfiles/llama3.1-8b-ctx8192.Modelfile"
+MODELFILE_32B = "/etc/provision/modelfiles/qwen2.5-32b-ctx8192.Modelfile"
+NGINX_SITE = "/etc/nginx/conf.d/provision-ollama.conf"
+POWER_UNIT_FILE = "/etc/systemd/system/gpu-power-limits.service"
+
+# The checks verify runs for ollama-auto on either rig: one Ollama service, two models.
+AUTO_CHECKS = {
+    f"file:{MODELFILE_8B}",
+    f"file:{MODELFILE_32B}",
+    f"file:{DROPIN}",
+    "unit:ollama.service",
+    "port:127.0.0.1:11434",
+    "env:ollama.service",
+    "ollama:127.0.0.1:11434",
+    "model:qwen2.5:32b-ctx8192",
+    "model:llama3.1:8b-ctx8192",
+}
+REPLICA_CHECKS = {
+    f"file:{NGINX_SITE}",
+    f"file:{MODELFILE_8B}",
+    "file:/etc/provision/ollama/0.env",
+    "file:/etc/provision/ollama/1.env",
+    "file:/etc/systemd/system/ollama@.service",
+    "unit:ollama.service",  # disabled and stopped: the replicas replace it
+    "unit:ollama@0.service",
+    "unit:ollama@1.service",
+    "unit:nginx.service",
+    "port:127.0.0.1:11435",
+    "port:127.0.0.1:11436",
+    "port:127.0.0.1:11434",
+    "env:ollama@0.service",
+    "env:ollama@1.service",
+    "nginx:127.0.0.1:11434",
+    "ollama:127.0.0.1:11435",
+    "ollama:127.0.0.1:11436",
+    "model:llama3.1:8b-ctx8192",
+}
+POWER_CHECKS = AUTO_CHECKS | {
+    f"file:{POWER_UNIT_FILE}",
+    "unit:gpu-power-limits.service",
+    f"power:{GPU0_3090}",
+    f"power:{GPU1_3090}",
+}
+# Breaks the keep-alive setting for the stand-in (see test_failed_start_rolls_back).
+KEEP_ALIVE_PROFILE = """\
+description: ollama-auto with a longer keep-alive
+runtime: ollama
+listen: {address: 127.0.0.1, port: 11434}
+models:
+  - {ref: "qwen2.5:32b", ctx: 8192, parallel: 1, keep_alive: 20m}
+  - {ref: "llama3.1:8b", ctx: 8192, parallel: 1, keep_alive: 20m}
+"""
+
+
+# --- the box ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ollama_box_layer(nspawn_base: Path, provision_layer: Path) -> Path:
+    """What an Ollama install leaves on a GPU box, with stand-ins for ollama and nvidia-smi."""
+
+    def prepare(container: Container) -> None:
+        container.copy_in(STANDINS / "ollama", "/usr/local/bin/ollama")
+        container.copy_in(STANDINS / "nvidia-smi", "/usr/bin/nvidia-smi")
+        container.copy_in(STOCK_OLLAMA_UNIT, "/etc/systemd/system/ollama.service")
+        container.sh(
+            # as Ollama's install.sh does: a system user with its home as the model store
+            "useradd -r -s /bin/false -U -m -d /usr/share/ollama ollama\n"
+            "install -d -o ollama -g ollama /var/lib/ollama-standin\n"
+            "install -d /etc/ollama-standin /etc/nvidia-smi-standin /var/lib/nvidia-smi-standin\n"
+            "systemctl enable ollama.service\n"
+        )
+
+    keep = [
+        "/usr/local/bin/ollama",
+        "/usr/bin/nvidia-smi",
+        "/etc/systemd/system/ollama.service",
+        "/etc/systemd/system/default.target.wants",
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/shadow",
+        "/etc/gshadow",
+        "/usr/share/ollama",
+        "/var/lib/ollama-standin",
+        "/etc/ollama-standin",
+        "/etc/nvidia-smi-standin",
+        "/var/lib/nvidia-smi-standin",
+    ]
+    dest = nspawn.session_dir("layer", "ollama-box")
+    return nspawn.bake_layer(nspawn_base, dest, prepare, keep, layers=[provision_layer])
+
+
+def standin_gpus(rig_name: str) -> str:
+    """The rig's GPUs as the nvidia-smi stand-in reads them."""
+    rig = load_rig(RIGS / f"{rig_name}.yaml")
+    gpus = [
+        {
+            "index": g.index,
+            "uuid": g.uuid,
+            "name": g.name,
+            "pci_bus_id": g.pci_bus_id,
+            "memory_total_mib": g.memory_total_bytes // 2**20,
+            "driver_version": rig.host.driver_version,
+            "power": {
+                "default_w": g.power.default_w,
+                "min_w": g.power.min_w,
+                "max_w": g.power.max_w,
+            },
+        }
+        for g in rig.gpus
+    ]
+    return json.dumps(gpus, indent=2)
+
+
+@dataclass
+class Box:
+    """A booted GPU box (without GPUs) and the `provision` command inside it."""
+
+    container: Container
+    profile: str
+
+    def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        return self.container.run(*argv, check=False)
+
+    def provision(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        result = self.run("provision", *argv)
+        assert "Traceback" not in result.stderr, result.stderr
+        return result
+
+    def diff(self, profile: str | None = None) -> int:
+        result = self.provision(
+            "diff", "--rig", "/root/rig.yaml", "--profile", profile or self.profile
+        )
+        return result.returncode
+
+    def apply(self, *extra: str, profile: str | None = None) -> subprocess.CompletedProcess[str]:
+        rig = ("--rig", "/root/rig.yaml", "--profile", profile or self.profile)
+        return self.provision("apply", "--yes", *rig, *extra)
+
+    def verify(self) -> tuple[int, dict[str, Any]]:
+        result = self.provision("verify", "--json")
+        assert result.returncode in (0, 1), result.stdout + result.stderr
+        return result.returncode, json.loads(result.stdout)
+
+    def converge(self) -> None:
+        """diff shows changes, apply makes them, diff is clean, and all holds after a reboot."""
+        assert self.diff() == 1
+        applied = self.apply()
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert self.diff() == 0
+        self.container.reboot()
+        assert_verified(self)
+        assert self.diff() == 0  # the oneshot re-applied the power limits, models persisted
+
+
+def assert_verified(box: Box) -> dict[str, Any]:
+    code, report = box.verify()
+    assert code == 0 and report["failed"] == 0, failures(report)
+    return report
+
+
+def failures(report: dict[str, Any]) -> dict[str, str]:
+    return {c["id"]: c["detail"] for c in report["checks"] if c["status"] == "fail"}
+
+
+def ids(report: dict[str, Any]) -> set[str]:
+    return {c["id"] for c in report["checks"]}
+
+
+@pytest.fixture
+def make_box(
+    boot_container: Callable[..., Container], ollama_box_layer: Path, provision_layer: Path
+) -> Callable[[str, str], Box]:
+    def make(rig_name: str, profile: str) -> Box:
+        container = boot_container(layers=[ollama_box_layer, provision_layer])
+        container.copy_in(RIGS / f"{rig_name}.yaml", "/root/rig.yaml")
+        container.put("/etc/nvidia-smi-standin/gpus.json", standin_gpus(rig_name))
+        version = load_rig(RIGS / f"{rig_name}.yaml").host.runtimes.get("ollama")
+        container.put("/etc/ollama-standin/version", f"{version or '0.30.0'}\n")
+        return Box(container, profile)
+
+    return make
+
+
+def env_of(box: Box, port: int) -> dict[str, str]:
+    """The environment the Ollama stand-in on `port` was last started with."""
+    record = json.loads(box.container.get(f"/var/lib/ollama-standin/env-{port}.json"))
+    return record["environ"]
+
+
+# --- scenarios -------------------------------------------------------------------------------
+
+
+def test_default_profile_on_2x3090(make_box: Callable[[str, str], Box]) -> None:
+    box = make_box(RIG_2X3090, "ollama-auto")
+    missing = box.provision("verify")
+    assert missing.returncode == 2 and "no manifest" in missing.stderr  # nothing applied yet
+
+    box.converge()
+    env = env_of(box, 11434)
+    assert env["CUDA_VISIBLE_DEVICES"] == f"{GPU0_3090},{GPU1_3090}"
+    assert env["OLLAMA_CONTEXT_LENGTH"] == "8192"
+    report = assert_verified(box)
+    assert ids(report) == AUTO_CHECKS
+
+    box.run("sh", "-c", f"echo '# tuned by hand' >> {MODELFILE_8B}")
+    box.run("systemctl", "disable", "ollama.service")
+    code, report = box.verify()
+    assert code == 1
+    assert set(failures(report)) == {f"file:{MODELFILE_8B}", "unit:ollama.service"}
+    assert failures(report)[f"file:{MODELFILE_8B}"].startswith("content changed (sha256 ")
+    plain = box.provision("verify")
+    assert plain.returncode == 1
+    assert plain.stdout.splitlines()[-1] == f"{len(AUTO_CHECKS) - 2} passed, 2 failed"
+    assert "FAIL unit ollama.service: disabled, wanted enabled; active (running)" in plain.stdout
+
+    repaired = box.apply()
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert_verified(box)
+
+
+def test_replicas_behind_nginx_on_2x3090(make_box: Callable[[str, str], Box]) -> None:
+    box = make_box(RIG_2X3090, "ollama-replicas")
+    box.converge()
+    assert env_of(box, 11435)["CUDA_VISIBLE_DEVICES"] == GPU0_3090
+    assert env_of(box, 11436)["CUDA_VISIBLE_DEVICES"] == GPU1_3090
+    report = assert_verified(box)
+    assert ids(report) == REPLICA_CHECKS
+
+    box.run("sh", "-c", f"echo '# tuned by hand' >> {NGINX_SITE}")
+    box.run("systemctl", "disable", "ollama@0.service")
+    box.run("systemctl", "stop", "ollama@1.service")
+    code, report = box.verify()
+    assert code == 1
+    # nginx retries the stopped replica's request on the other one: the balancer still answers
+    assert set(failures(report)) == {
+        f"file:{NGINX_SITE}",
+        "unit:ollama@0.service",
+        "unit:ollama@1.service",
+        "port:127.0.0.1:11436",
+        "env:ollama@1.service",
+        "ollama:127.0.0.1:11436",
+    }
+    assert failures(report)["unit:ollama@1.service"].startswith("enabled but not active")
+
+    repaired = box.apply()
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    local = assert_verified(box)
+
+    # The same suite from outside, through a testinfra backend (nsenter here, ssh in a fleet).
+    outside = verify_from_host(f"nsenter://{box.container.name}")
+    assert outside.exit_code == 0, outside.output
+    assert ids(json.loads(outside.stdout)) == ids(local)
+    unreachable = verify_from_host("nsenter://gp0-no-such-container")
+    assert unreachable.exit_code == 3, unreachable.output
+
+
+def verify_from_host(url: str) -> Any:
+    assert nsenter_host  # importing it registers the nsenter:// backend with testinfra
+    return CliRunner().invoke(cli, ["verify", "--hosts", url, "--json"])
+
+
+def test_default_profile_on_4090_3090(make_box: Callable[[str, str], Box]) -> None:
+    box = make_box(RIG_4090_3090, "ollama-auto")
+    box.converge()
+    report = assert_verified(box)
+    assert ids(report) == AUTO_CHECKS
+    assert box.run("provision", "verify").stdout.count("PASS ") == len(AUTO_CHECKS)
+
+    # An edited drop-in has not reached the running service yet; verify cannot tell what the
+    # plan wanted for its environment any more, so that check fails too.
+    box.run("sed", "-i", "s/OLLAMA_KEEP_ALIVE=10m/OLLAMA_KEEP_ALIVE=1h/", DROPIN)
+    box.run("chmod", "600", MODELFILE_32B)
+    code, report = box.verify()
+    assert code == 1
+    assert set(failures(report)) == {
+        f"file:{DROPIN}",
+        "env:ollama.service",
+        f"file:{MODELFILE_32B}",
+    }
+    assert failures(report)[f"file:{MODELFILE_32B}"] == "mode 0600, applied 0644"
+
+    repaired = box.apply()
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert_verified(box)
+    assert env_of(box, 11434)["OLLAMA_KEEP_ALIVE"] == "10m"
+
+
+def test_power_capped_on_2x3090(make_box: Callable[[str, str], Box]) -> None:
+    box = make_box(RIG_2X3090, "power-capped")
+    box.converge()  # the limits reset at the reboot; the oneshot set them again
+    report = assert_verified(box)
+    assert ids(report) == POWER_CHECKS
+    boot = box.container.boot_id()
+    assert f"{boot} -pl 300" in box.container.get(f"/var/lib/nvidia-smi-standin/{GPU0_3090}.log")
+
+    box.run("nvidia-smi", "-i", GPU0_3090, "-pl", "350")
+    box.run("systemctl", "disable", "gpu-power-limits.service")
+    box.run("systemctl", "stop", "ollama.service")
+    code, report = box.verify()
+    assert code == 1
+    assert set(failures(report)) == {
+        f"power:{GPU0_3090}",
+        "unit:gpu-power-limits.service",
+        "unit:ollama.service",
+        "port:127.0.0.1:11434",
+        "env:ollama.service",
+        "ollama:127.0.0.1:11434",
+        "model:qwen2.5:32b-ctx8192",
+        "model:llama3.1:8b-ctx8192",
+    }
+    assert failures(report)[f"power:{GPU0_3090}"] == "power limit 350 W, planned 300 W"
+
+    repaired = box.apply()
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert_verified(box)
+
+    # Disabled, the oneshot still runs at boot: ollama.service's drop-in Wants= it. verify
+    # reports the disabled unit; the limits hold.
+    box.run("systemctl", "disable", "gpu-power-limits.service")
+    box.container.reboot()
+    code, report = box.verify()
+    assert failures(report) == {
+        "unit:gpu-power-limits.service": "disabled, wanted enabled; ran this boot and succeeded"
+    }
+
+
+def test_failed_start_rolls_back(make_box: Callable[[str, str], Box]) -> None:
+    """A new setting the service cannot start with: apply restores the old files, restarts the
+    service on them and exits 4; verify passes on the state before that apply.
+
+    The stand-in is told to fail only with the *new* setting (OLLAMA_KEEP_ALIVE=20m), as a
+    real bad value would: the rollback's own restart (old drop-in, 10m) must start, so the flag
+    stays in place through the whole apply and nobody removes it behind the tool's back."""
+    box = make_box(RIG_2X3090, "ollama-auto")
+    applied = box.apply()
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    before = assert_verified(box)
+    box.container.put("/etc/ollama-standin/fail-start", "OLLAMA_KEEP_ALIVE=20m\n")
+    box.container.put("/root/keep-alive.yaml", KEEP_ALIVE_PROFILE)
+    assert box.diff("/root/keep-alive.yaml") == 1
+
+    failed = box.apply("--check-timeout", "5", profile="/root/keep-alive.yaml")
+
+    assert failed.returncode == 4, failed.stdout + failed.stderr
+    assert "restored from backup" in failed.stderr and DROPIN in failed.stderr
+    journal = box.run("journalctl", "-b", "-u", "ollama.service", "--no-pager").stdout
+    assert "told to fail at start" in journal  # the new setting really was started, and failed
+    after = assert_verified(box)
+    assert ids(after) == ids(before)
+    assert env_of(box, 11434)["OLLAMA_KEEP_ALIVE"] == "10m"  # restarted on the old drop-in
+    assert box.diff() == 0  # the previous state stands
+    assert box.diff("/root/keep-alive.yaml") == 1  # and the change is still pending
+
+
+def test_failed_rollback_is_caught_by_verify(make_box: Callable[[str, str], Box]) -> None:
+    """A service that cannot start at all (an empty flag): the rollback's own restart of the
+    old settings fails too. The files are restored; verify names exactly the service's checks,
+    whatever apply said; once the cause is gone, verify passes again."""
+    box = make_box(RIG_2X3090, "ollama-auto")
+    applied = box.apply()
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    box.container.put("/etc/ollama-standin/fail-start", "")
+    box.container.put("/root/keep-alive.yaml", KEEP_ALIVE_PROFILE)
+
+    failed = box.apply("--check-timeout", "3", profile="/root/keep-alive.yaml")
+
+    # The rollback's own restart cannot bring the service back: apply says so (3), not "rolled
+    # back" (4).
+    assert failed.returncode == 3, failed.stdout + failed.stderr
+    assert "but the rollback did not complete" in failed.stderr
+    code, report = box.verify()
+    assert code == 1
+    assert set(failures(report)) == {
+        "unit:ollama.service",
+        "port:127.0.0.1:11434",
+        "env:ollama.service",
+        "ollama:127.0.0.1:11434",
+        "model:qwen2.5:32b-ctx8192",
+        "model:llama3.1:8b-ctx8192",
+    }  # every file was restored: only the service is down
+    assert "auto-restart" in failures(report)["unit:ollama.service"]
+
+    box.run("rm", "/etc/ollama-standin/fail-start")
+    box.run("systemctl", "restart", "ollama.service")
+    assert_verified(box)
+
+
+def test_tool_and_standins_are_in_place(make_box: Callable[[str, str], Box]) -> None:
+    """The box as the scenarios start from it: the stock service runs the stand-in."""
+    box = make_box(RIG_4090_3090, "ollama-auto")
+    host = nsenter_host(box.container)
+    assert host.file(f"{PROVISION_VENV}/bin/provision").exists
+    assert host.service("ollama.service").is_running
+    assert host.user("ollama").home == "/usr/share/ollama"
+    version = box.run("ollama", "--version").stdout
+    assert version.strip() == "ollama version is 0.12.6"
+    limits = box.run("nvidia-smi", "--query-gpu=uuid,power.limit", "--format=csv,noheader,nounits")
+    assert limits.stdout.splitlines() == [
+        "GPU-d96df921-288a-f247-4698-5ddc943c5f8e, 450.00",
+        "GPU-dca10dac-12d8-d0ac-e261-9e2395570940, 350.00",
+    ]
+    refused = box.run("nvidia-smi", "-i", "0", "-pl", "900")
+    assert refused.returncode == 2
