@@ -28,12 +28,14 @@ from provision.host import (
     Host,
     ollama_address,
     open_lock_file,
+    reachable,
     read_file,
+    read_manifest,
     remove_file,
     unit_states,
     write_atomic,
 )
-from provision.manifest import MANIFEST_PATH, encode
+from provision.manifest import MANIFEST_PATH, encode, units_from_manifest
 from provision.plan import unified
 from provision.plan_types import Action, FileDiff, Kind, Plan
 
@@ -240,7 +242,7 @@ def _await_unit(host: Host, name: str, unit: DesiredUnit | None, timeout_s: floa
 
 
 def _await_port(name: str, listen: tuple[str, int], deadline: float) -> None:
-    address = ("127.0.0.1" if listen[0] in ("0.0.0.0", "") else listen[0], listen[1])
+    address = reachable(listen)
     while True:
         try:
             with socket.create_connection(address, timeout=1.0):
@@ -271,15 +273,18 @@ def _fail(
     report(f"{step} failed: {cause}")
     report(f"restoring from backup {backup.stamp}")
     problems: list[str] = []
+    # The previous state's units, as its manifest (written last, so still intact) records them:
+    # a restarted service must come back up and answer on its port, or the rollback failed too.
+    previous = units_from_manifest(read_manifest(host))
     # The failed step counts too: a restart that failed has still stopped the old process.
     targets = {k: tuple(a.target for a in [*done, failed] if a.kind is k) for k in Kind}
     bounced = targets[Kind.RESTART] + targets[Kind.RELOAD] + targets[Kind.STOP]
     first, last = _systemd_undo(host, backup, bounced, targets[Kind.ENABLE], targets[Kind.DISABLE])
-    _run_quietly(host, first, backup, report, problems)
+    _run_quietly(host, first, backup, previous, report, problems)
     restored = restore_files(host, backup, problems)
     if host.live and any(p.startswith(SYSTEMD_DIR + "/") for p in restored):
         last.insert(0, Action(Kind.DAEMON_RELOAD, "systemd", "rollback"))
-    _run_quietly(host, last, backup, report, problems)
+    _run_quietly(host, last, backup, previous, report, problems)
     mark_rolled_back(host, backup, problems)
     if not isinstance(exc, ProvisionError | KeyboardInterrupt):
         raise exc  # a bug: the host is restored, the traceback says where
@@ -300,15 +305,21 @@ _EMPTY_PLAN = Plan(live=False, actions=(), noops=(), diffs=(), manifest={})
 
 
 def _run_quietly(
-    host: Host, actions: list[Action], backup: Backup, report: Report, problems: list[str]
+    host: Host,
+    actions: list[Action],
+    backup: Backup,
+    units: Mapping[str, DesiredUnit],
+    report: Report,
+    problems: list[str],
 ) -> None:
     """Run recovery steps, collecting failures: one failed step must not stop the others."""
+    settings = Settings(check_timeout_s=10)
     for action in actions:
         if action.skipped_offline:
             continue
         report(f"  {describe(action)}")
         try:
-            _perform(host, _EMPTY_PLAN, action, {}, Settings(check_timeout_s=10), backup.stamp)
+            _perform(host, _EMPTY_PLAN, action, units, settings, backup.stamp)
         except ProvisionError as exc:
             problems.append(exc.message)
 

@@ -121,7 +121,7 @@ def observe(host: Host, desired: DesiredState) -> Observed:
     for f in desired.files:
         units += [*f.restarts, *f.reloads]
     wants_power = bool(desired.power or recorded.get("power"))
-    version, models = ollama_state(ollama_address(desired.units)) if host.live else (None, None)
+    version, models = _first_answering_ollama(desired.units) if host.live else (None, None)
     return Observed(
         live=host.live,
         files={p: read_file(host, p) for p in sorted(paths)},
@@ -279,12 +279,34 @@ def parse_power_limits(text: str) -> dict[str, float]:
     return limits
 
 
+def reachable(listen: tuple[str, int]) -> tuple[str, int]:
+    """Where to connect to a service listening on `listen` (a wildcard: through loopback)."""
+    host, port = listen
+    return ("127.0.0.1" if host in ("0.0.0.0", "") else host, port)
+
+
 def ollama_address(units: Iterable[DesiredUnit]) -> tuple[str, int]:
     for unit in units:
         if unit.name.startswith("ollama") and unit.listen is not None:
-            host, port = unit.listen
-            return ("127.0.0.1" if host in ("0.0.0.0", "") else host, port)
+            return reachable(unit.listen)
     return OLLAMA_DEFAULT
+
+
+def _first_answering_ollama(
+    units: Iterable[DesiredUnit],
+) -> tuple[str | None, frozenset[str] | None]:
+    """Models live in one store: ask the planned instances, then the stock port, first to answer.
+
+    Before a switch to replicas only the stock service runs; after it only the replicas do.
+    """
+    candidates = [
+        reachable(u.listen) for u in units if u.name.startswith("ollama") and u.listen is not None
+    ]
+    for address in dict.fromkeys([*candidates, OLLAMA_DEFAULT]):
+        version, models = ollama_state(address)
+        if models is not None:
+            return version, models
+    return None, None
 
 
 def ollama_state(address: tuple[str, int]) -> tuple[str | None, frozenset[str] | None]:

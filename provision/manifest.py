@@ -85,3 +85,17 @@ def comparable(manifest: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if manifest is None:
         return None
     return {k: v for k, v in manifest.items() if k != "last_apply"}
+
+
+def units_from_manifest(manifest: Mapping[str, Any] | None) -> dict[str, DesiredUnit]:
+    """The units a manifest records, as the desired state that established them."""
+    units = {}
+    for entry in (manifest or {}).get("units", []):
+        listen = None
+        if entry.get("listen"):
+            address, _, port = str(entry["listen"]).rpartition(":")
+            listen = (address.strip("[]"), int(port))
+        units[entry["name"]] = DesiredUnit(
+            entry["name"], entry["enabled"], entry["active"], entry["oneshot"], listen
+        )
+    return units
