@@ -309,9 +309,12 @@ def leader_pid(name: str) -> int | None:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             continue
-        nspid = next(
-            (line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), []
-        )
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        # After a reboot the old PID 1 can linger as a zombie (this host's PID 1 reaps orphans
+        # late): it still says "systemd" and NSpid 1, but nothing can enter its namespaces.
+        if fields.get("State", "").strip()[:1] in ("Z", "X"):
+            continue
+        nspid = fields.get("NSpid", "").split()
         if len(nspid) > 1 and nspid[-1] == "1" and comm == "systemd":
             return pid
     return None
@@ -387,7 +390,11 @@ _HOOKS_INSTALLED = False
 
 
 def _wait_for(
-    what: str, probe: Callable[[], _T | None], timeout: float, *, on_fail: str = ""
+    what: str,
+    probe: Callable[[], _T | None],
+    timeout: float,
+    *,
+    on_fail: Callable[[], str] = str,
 ) -> _T:
     deadline = time.monotonic() + timeout
     while True:
@@ -395,7 +402,7 @@ def _wait_for(
         if value is not None:
             return value
         if time.monotonic() > deadline:
-            raise NspawnError(f"timed out after {timeout:.0f}s waiting for {what}{on_fail}")
+            raise NspawnError(f"timed out after {timeout:.0f}s waiting for {what}{on_fail()}")
         time.sleep(0.05)
 
 
@@ -526,7 +533,10 @@ class Container:
                 return None
             return boot.stdout.strip() if boot.stdout.strip() != previous_boot else None
 
-        failed = f"\n--- console ---\n{self.console()}"
+        def failed() -> str:  # read at the time of failure, not before the wait
+            state = "no leader" if self.leader() is None else f"leader {self.leader()}"
+            return f" ({state})\n--- console ---\n{self.console()}"
+
         _wait_for(f"{self.name} to boot", probe, timeout, on_fail=failed)
         self.boots += 1
 
