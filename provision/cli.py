@@ -108,17 +108,6 @@ def probe(rig_file: Path | None, root: Path, as_json: bool, save: Path | None) -
         click.echo(f"saved {len(rig.gpus)} GPU(s) to {save}")
 
 
-def _legacy_ollama(version: str | None) -> bool:
-    """Ollama up to 0.12 estimated memory itself, with a 457 MiB minimum per GPU."""
-    if not version:
-        return False
-    parts = version.split(".")
-    try:
-        return (int(parts[0]), int(parts[1])) <= (0, 12)
-    except (ValueError, IndexError):
-        return False
-
-
 @cli.command()
 @click.argument("model")
 @click.option("--ctx", type=int, default=8192, show_default=True, help="Context per request.")
@@ -155,6 +144,7 @@ def fit(
     from provision.fit import fit_model
     from provision.fit_report import fit_text, fit_to_plain
     from provision.models import resolve
+    from provision.place import is_legacy_ollama
 
     for name, value in (("--ctx", ctx), ("--parallel", parallel)):
         if value <= 0:
@@ -164,7 +154,7 @@ def fit(
     settings = RunSettings(
         ctx_tokens=ctx, parallel=parallel, kv_type=KvType(kv_type), runtime=Runtime(runtime)
     )
-    legacy = runtime == "ollama" and _legacy_ollama(rig.host.runtimes.get("ollama"))
+    legacy = runtime == "ollama" and is_legacy_ollama(rig.host.runtimes.get("ollama"))
     result = fit_model(rig, spec, settings, legacy)
     if as_json:
         click.echo(json.dumps(fit_to_plain(result), indent=2))

@@ -12,16 +12,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from provision.classify import TraitKind, classify, gpu_label, short_name
+from provision.classify import TraitKind, classify, gpu_label
 from provision.errors import InputError
 from provision.estimate import KvType, RunSettings, Runtime
-from provision.fit import MIB, SAFETY_MARGIN_BYTES, FitResult, Verdict, by_speed, fit_model
+from provision.fit import FitResult, Verdict, fit_model
 from provision.models import ModelSpec
 from provision.placement import ModelPlacement, Placement
 from provision.profile import ModelEntry, Profile
-from provision.rig import Gpu, Rig
+from provision.rig import Rig
 
-OLLAMA_MODELS_DIR = "/usr/share/ollama/.ollama/models"
 MODELFILE_DIR = "/etc/provision/modelfiles"
 POWER_UNIT = "gpu-power-limits.service"
 WHOLE = (Verdict.SINGLE_GPU, Verdict.SPLIT)
@@ -203,19 +202,3 @@ def _model_placement(
         modelfile_path=modelfile if fit.verdict != Verdict.NO_FIT else None,
         num_gpu=num_gpu,
     )
-
-
-def fit_target_mib() -> int:
-    """What llama.cpp's --fit leaves free per device: our safety margin."""
-    return SAFETY_MARGIN_BYTES // MIB
-
-
-def describe_gpus(gpus: Sequence[Gpu]) -> str:
-    return ", ".join(f"{gpu_label(g)}" for g in gpus) or "no GPU"
-
-
-def fastest_first(gpus: Sequence[Gpu]) -> list[Gpu]:
-    return by_speed(gpus)
-
-
-__all__ = ["describe_gpus", "fastest_first", "place", "short_name"]

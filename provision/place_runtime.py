@@ -10,15 +10,17 @@ from dataclasses import dataclass, field, replace
 from provision.classify import TraitKind, gpu_label
 from provision.errors import InputError
 from provision.estimate import KvType, Runtime
-from provision.fit import GpuShare, Verdict, by_speed, fit_model
+from provision.fit import MIB, SAFETY_MARGIN_BYTES, GpuShare, Verdict, by_speed, fit_model
 from provision.placement import Balancer, Instance, ModelPlacement
 from provision.profile import Profile
+from provision.render_filters import host_port
 from provision.rig import Gpu, Rig
 
 LLAMA_SERVER_BIN = "/usr/local/bin/llama-server"
 OLLAMA_MODELS_DIR = "/usr/share/ollama/.ollama/models"
 INSTANCE_ENV_DIR = "/etc/provision/ollama"
-FIT_TARGET_MIB = 512  # what llama.cpp's --fit leaves free per device: our safety margin
+# What llama.cpp's --fit leaves free per device: the margin our own placement keeps.
+FIT_TARGET_MIB = SAFETY_MARGIN_BYTES // MIB
 
 
 @dataclass
@@ -68,11 +70,6 @@ def _common_ollama_env(profile: Profile, placed: Sequence[ModelPlacement]) -> li
     return env
 
 
-def host_port(address: str, port: int) -> str:
-    """HOST:PORT, with an IPv6 address in brackets."""
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
 def _duration_rank(duration: str) -> float:
     """Longest keep_alive wins; -1 (forever) beats any duration."""
     if duration.startswith("-"):
@@ -97,7 +94,7 @@ def _ollama_single(
     env = [
         ("CUDA_VISIBLE_DEVICES", ",".join(g.uuid for g in gpus)),
         ("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),
-        ("OLLAMA_HOST", host_port(listen.address, listen.port)),
+        ("OLLAMA_HOST", host_port((listen.address, listen.port))),
         *_common_ollama_env(profile, placed),
         ("OLLAMA_MAX_LOADED_MODELS", str(len(placed) if all_resident else 1)),
     ]
