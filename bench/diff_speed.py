@@ -140,10 +140,9 @@ def _desired_json(render: list[str]) -> str:
     """The rendered desired state, as `--desired-json` reads it."""
     code = (
         "import os, sys\n"
-        "from provision.cli import _read_rig\n"
-        "from provision.cli_change import desired_to_json\n"
+        "from provision.cli.options import desired_to_json, read_rig\n"
         "from provision.pipeline import desired_state\n"
-        "_, d = desired_state(_read_rig(__import__('pathlib').Path(sys.argv[1])), sys.argv[2], "
+        "_, d = desired_state(read_rig(__import__('pathlib').Path(sys.argv[1])), sys.argv[2], "
         "os.environ)\n"
         "print(desired_to_json(d))\n"
     )

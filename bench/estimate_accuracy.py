@@ -3,7 +3,7 @@
 Reads tests/data/llama_measurements.json (bench/measure_llama.py: real llama-server loads, each
 GPU stood in for by a ggml-rpc-server device) and tests/data/measured_models.json (the ModelSpec
 of each measured GGUF, so that no model file is needed here), estimates every run with
-provision.estimate in the same layout, and prints the error of each component. Targets (issue
+provision.models.estimate in the same layout, and prints the error of each component. Targets (issue
 3): weights and KV within 1%, compute within 10%, per-device total within 3%.
 
   python bench/estimate_accuracy.py            # the table and the worst errors
@@ -24,14 +24,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from provision.estimate import (  # noqa: E402
+from provision.models.estimate import (  # noqa: E402
     KvType,
     RunSettings,
     Runtime,
     assign_layers,
     device_footprint,
 )
-from provision.models import ModelSpec  # noqa: E402
+from provision.models.spec import ModelSpec  # noqa: E402
 from provision.typed_load import from_plain, to_plain  # noqa: E402
 
 MEASUREMENTS = REPO / "tests/data/llama_measurements.json"
@@ -75,7 +75,7 @@ def load_specs() -> dict[str, ModelSpec]:
 
 
 def refresh_specs(runs: list[dict[str, Any]]) -> None:
-    from provision.models import spec_from_gguf
+    from provision.models.refs import spec_from_gguf
 
     files = {r["model"]: r["gguf"] for r in runs}
     specs = {}

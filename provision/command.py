@@ -1,4 +1,4 @@
-"""The one way this tool runs an external command (DESIGN.md §8: one chokepoint per side effect).
+"""The one way this tool runs an external command (one chokepoint per side effect).
 
 `run()` never raises because a command failed: callers get the exit code and both outputs and
 decide. A failure is described by `CompletedCommand.failure_message()`, which always names the

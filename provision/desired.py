@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from provision.paths import SYSTEMD_DIR
+
 MANAGED_HEADER = "# Managed by provision. Do not edit; run 'provision diff'."
-SYSTEMD_DIR = "/etc/systemd/system"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Exit statuses of DESIGN.md §3."""
+    """Exit statuses (docs/ARCHITECTURE.md §4)."""
 
     OK = 0
     CHANGES_PENDING = 1

@@ -13,19 +13,18 @@ from collections.abc import Mapping
 from dataclasses import fields, replace
 
 from provision.desired import DesiredState
-from provision.placement import Placement
-from provision.profile import Profile
-from provision.rig import Rig
+from provision.hardware.rig import Rig, dump_rig
+from provision.models.refs import resolve
+from provision.placement.decisions import Placement
+from provision.placement.place import place
+from provision.placement.profile import Profile, load_profile
+from provision.render.files import render
+from provision.typed_load import to_plain
 
 
 def desired_state(
     rig: Rig, profile_ref: str | None, environ: Mapping[str, str]
 ) -> tuple[Placement, DesiredState]:
-    from provision.models import resolve
-    from provision.place import place
-    from provision.profile import load_profile
-    from provision.render import render
-
     profile = load_profile(profile_ref)
     specs = {entry.ref: resolve(entry.ref, environ) for entry in profile.models}
     placement = place(rig, profile, specs)
@@ -37,8 +36,6 @@ def desired_state(
 
 def profile_digest(profile: Profile) -> str:
     """sha256 of the resolved profile data (after `extends:`), not of where it was read from."""
-    from provision.typed_load import to_plain
-
     data = {
         f.name: to_plain(getattr(profile, f.name))
         for f in fields(profile)
@@ -50,6 +47,4 @@ def profile_digest(profile: Profile) -> str:
 
 def rig_digest(rig: Rig) -> str:
     """sha256 of the canonical snapshot JSON."""
-    from provision.rig import dump_rig
-
     return hashlib.sha256(dump_rig(rig, "json").encode()).hexdigest()

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from provision.desired import DesiredState
 from provision.errors import InputError
+from provision.hardware.rig import load_rig
 from provision.pipeline import desired_state
-from provision.placement import Placement
-from provision.profile import bundled_names
-from provision.rig import load_rig
+from provision.placement.decisions import Placement
+from provision.placement.profile import bundled_names
 from tests.helpers import ALL_RIG_FILES, TESTS_DIR
 
 GOLDEN_DIR = TESTS_DIR / "golden"

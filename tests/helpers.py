@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from provision.rig import Rig, load_rig
+from provision.hardware.rig import Rig, load_rig
 
 TESTS_DIR = Path(__file__).parent
 REPO_ROOT = TESTS_DIR.parent

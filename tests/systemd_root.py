@@ -28,8 +28,7 @@ from pathlib import Path
 import pytest
 
 from provision.desired import SYSTEMD_DIR, DesiredState
-from provision.place_runtime import LLAMA_SERVER_BIN
-from provision.render import NVIDIA_SMI, OLLAMA_BIN
+from provision.paths import LLAMA_SERVER_BIN, NVIDIA_SMI, OLLAMA_BIN
 
 STUB_EXECUTABLES = (OLLAMA_BIN, LLAMA_SERVER_BIN, NVIDIA_SMI, "/usr/bin/nvidia-persistenced")
 

@@ -1,6 +1,7 @@
-"""provision.host and provision.apply against real files under temp roots (offline mode) and the
-real `systemctl --root`: atomic writes, symlink refusal, the lock, backups, rollback on failure,
-SIGKILL at every step, concurrent runs, and the parsers of live readings on recorded outputs."""
+"""provision.change (host, observe, apply, backup) against real files under temp roots (offline
+mode) and the real `systemctl --root`: atomic writes, symlink refusal, the lock, backups,
+rollback on failure, SIGKILL at every step, concurrent runs, and the parsers of live readings on
+recorded outputs."""
 
 from __future__ import annotations
 
@@ -15,24 +16,24 @@ from pathlib import Path
 
 import pytest
 
-from provision import apply as apply_module
-from provision.apply import Settings, execute, locked
-from provision.backup import list_backups, load_backup
-from provision.command import CompletedCommand, run
-from provision.desired import DesiredState
-from provision.errors import HostError, RolledBack
-from provision.host import (
-    Host,
+from provision.change import apply as apply_module
+from provision.change.apply import Settings, execute, locked
+from provision.change.backup import list_backups, load_backup, rollback_plan
+from provision.change.host import Host, write_atomic
+from provision.change.manifest import build_manifest, comparable, encode
+from provision.change.observe import (
     observe,
-    parse_ollama_tags,
     parse_power_limits,
     parse_systemctl_show,
     read_file,
     unit_states,
-    write_atomic,
 )
-from provision.manifest import MANIFEST_PATH, build_manifest, comparable, encode
-from provision.plan import make_plan
+from provision.change.plan import make_plan
+from provision.command import CompletedCommand, run
+from provision.desired import DesiredState
+from provision.errors import HostError, RolledBack
+from provision.ollama import parse_tags as parse_ollama_tags
+from provision.paths import MANIFEST_PATH
 from tests.helpers import REPO_ROOT
 from tests.test_plan import state_a, state_b
 
@@ -51,7 +52,7 @@ def scratch_root(path: Path) -> Path:
 
 
 def desired_file(tmp_path: Path, desired: DesiredState, name: str) -> Path:
-    from provision.cli_change import desired_to_json
+    from provision.cli.options import desired_to_json
 
     path = tmp_path / f"{name}.json"
     path.write_text(desired_to_json(desired))
@@ -292,17 +293,17 @@ def test_rollback_plan_restores_an_earlier_backup(tmp_path: Path) -> None:
     after_a = tree(root)
     apply_in_process(root, state_b())
     host = Host.at(root)
-    plan = apply_module.rollback_plan(host, load_backup(host, None))  # the last: a -> b
+    plan = rollback_plan(host, load_backup(host, None))  # the last: a -> b
     execute(host, plan, {}, Settings(force=True), print)
     assert tree(root) == after_a
     assert enabled(root, "ollama@1.service") == "enabled"
     assert enabled(root, "ollama@2.service") == "disabled"
     # Back to before the first apply: nothing of ours is left, nginx is disabled again.
-    plan = apply_module.rollback_plan(host, load_backup(host, first))
+    plan = rollback_plan(host, load_backup(host, first))
     execute(host, plan, {}, Settings(force=True), print)
     assert tree(root) == {"/lib/systemd/system/nginx.service": NGINX_UNIT.encode()}
     assert enabled(root, "nginx.service") == "disabled"
-    assert not apply_module.rollback_plan(host, load_backup(host, first)).actions
+    assert not rollback_plan(host, load_backup(host, first)).actions
 
 
 def test_backups_are_listed_in_order_and_incomplete_ones_ignored(tmp_path: Path) -> None:

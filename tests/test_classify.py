@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from provision.classify import TraitKind as K
-from provision.classify import classify, nvlink_pairs
+from provision.hardware.classify import TraitKind as K
+from provision.hardware.classify import classify, nvlink_pairs
 from tests.helpers import ALL_RIG_FILES, load_named_rig
 
 # Expected traits per rig (besides gpu_count, which always fires), with the GPUs each names.

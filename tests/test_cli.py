@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from provision.rig import load_rig
+from provision.hardware.rig import load_rig
 from tests.helpers import rig_file, run_provision
 
 

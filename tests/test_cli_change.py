@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from provision.desired import DesiredFile
-from provision.manifest import MANIFEST_PATH
+from provision.paths import MANIFEST_PATH
 from tests.helpers import REPO_ROOT, rig_file
 from tests.test_apply import NGINX_UNIT, desired_file, enabled, provision, scratch_root, tree
 from tests.test_plan import NGINX_CONF, state_a, state_b

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from provision import catalog
-from provision.estimate import (
+from provision.models import catalog
+from provision.models.estimate import (
     KvType,
     RunSettings,
     Runtime,
@@ -17,7 +17,7 @@ from provision.estimate import (
     kv_bytes,
     kv_cells,
 )
-from provision.models import ModelSpec
+from provision.models.spec import ModelSpec
 
 GIB = 1024**3
 

@@ -1,4 +1,4 @@
-"""Fit verdicts by rule (DESIGN.md §4): one GPU, split, partial offload, no fit, suggestions."""
+"""Fit verdicts by rule (docs/ARCHITECTURE.md §5): one GPU, split, partial offload, no fit, suggestions."""
 
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ from dataclasses import replace
 
 import pytest
 
-from provision import catalog
-from provision.estimate import KvType, RunSettings, Runtime
-from provision.fit import (
+from provision.hardware.rig import NvLink, Rig, load_rig
+from provision.models import catalog
+from provision.models.estimate import KvType, RunSettings, Runtime
+from provision.models.spec import ModelSpec
+from provision.placement.fit import (
     Verdict,
     fit_model,
     fits_entirely,
     largest_fitting_context,
     usable_free_bytes,
 )
-from provision.models import ModelSpec
-from provision.rig import NvLink, Rig, load_rig
 from tests.helpers import ALL_RIG_FILES, load_named_rig
 
 CTX_8K = RunSettings(ctx_tokens=8192)

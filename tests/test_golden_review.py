@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from provision.hardware.rig import load_rig
 from provision.pipeline import desired_state
-from provision.placement import Placement
-from provision.rig import load_rig
+from provision.placement.decisions import Placement
 from tests.golden_cases import ENVIRON
 from tests.helpers import rig_file
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from gguf import GGUFReader
 
-from provision import catalog
 from provision.errors import InputError
-from provision.models import resolve, spec_from_gguf
+from provision.models import catalog
+from provision.models.refs import resolve, spec_from_gguf
 from tests.gguf_factory import TinyShape, tensor_bytes, write_tiny_gguf
 
 

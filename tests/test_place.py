@@ -1,4 +1,4 @@
-"""Placement rules by name (DESIGN.md §4, issue 4): each decision and its reason."""
+"""Placement rules by name (docs/ARCHITECTURE.md §5, issue 4): each decision and its reason."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from provision.errors import InputError
-from provision.fit import Verdict
-from provision.models import resolve
-from provision.place import place
-from provision.placement import Placement
-from provision.profile import load_profile
+from provision.models.refs import resolve
+from provision.placement.decisions import Placement
+from provision.placement.fit import Verdict
+from provision.placement.place import place
+from provision.placement.profile import load_profile
 from tests.helpers import load_named_rig
 
 

@@ -1,4 +1,4 @@
-"""provision.plan: desired vs observed -> ordered actions with reasons (pure; no host needed).
+"""provision.change.plan: desired vs observed -> ordered actions with reasons (pure, no host).
 
 The builders `state_a` / `state_b` (two versions of a 2-instance Ollama rig behind nginx) are
 shared with test_apply.py and test_cli_change.py.
@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from provision.change.actions import ActionKind, Observed, ObservedFile, ObservedUnit
+from provision.change.manifest import build_manifest, encode
+from provision.change.plan import make_plan
 from provision.desired import (
     MANAGED_HEADER,
     DesiredFile,
@@ -16,9 +19,7 @@ from provision.desired import (
     DesiredState,
     DesiredUnit,
 )
-from provision.manifest import MANIFEST_PATH, build_manifest, encode
-from provision.plan import make_plan
-from provision.plan_types import Kind, Observed, ObservedFile, ObservedUnit
+from provision.paths import MANIFEST_PATH
 
 SYSTEMD = "/etc/systemd/system"
 TEMPLATE = f"{SYSTEMD}/ollama@.service"
@@ -154,7 +155,7 @@ def test_a_fresh_root_gets_every_file_then_units_then_the_manifest_last() -> Non
     assert order.count("daemon-reload") == 1
     assert order[-1] == "write-manifest"
     assert order.index("daemon-reload") < order.index("enable") < order.index("restart")
-    assert all(a.reason == "missing" for a in plan.actions if a.kind is Kind.WRITE_FILE)
+    assert all(a.reason == "missing" for a in plan.actions if a.kind is ActionKind.WRITE_FILE)
     # Offline, the live-only steps are recorded as skipped, never dropped.
     skipped = {str(a.kind) for a in plan.actions if a.skipped_offline}
     assert skipped == {"daemon-reload", "restart", "reload", "create-model"}
@@ -196,7 +197,7 @@ def test_one_daemon_reload_for_several_unit_files_and_none_for_other_files() -> 
     plan = make_plan(desired, observed)
     assert [str(a.kind) for a in plan.actions].count("daemon-reload") == 1
     # The template stands for all its instances; the oneshot unit is rerun.
-    restarted = [a.target for a in plan.actions if a.kind is Kind.RESTART]
+    restarted = [a.target for a in plan.actions if a.kind is ActionKind.RESTART]
     assert restarted == [POWER_UNIT, "ollama@0.service", "ollama@1.service"]
     plan = make_plan(desired, with_file(applied(desired, live=True), NGINX_CONF, b"x\n"))
     assert kinds(plan) == [("write-file", NGINX_CONF), ("reload", "nginx.service")]
@@ -242,12 +243,12 @@ def test_only_files_the_manifest_lists_are_removed_and_only_if_still_ours() -> N
     a, b = state_a(), state_b()
     observed = before(b, applied(a))  # ollama/1.env is in a's manifest, not in b
     plan = make_plan(b, observed)
-    removed = [a.target for a in plan.actions if a.kind is Kind.REMOVE_FILE]
+    removed = [a.target for a in plan.actions if a.kind is ActionKind.REMOVE_FILE]
     assert removed == ["/etc/provision/ollama/1.env"]
     assert any(d.path.endswith("1.env") and "+++ /dev/null" in d.text for d in plan.diffs)
     edited = with_file(observed, "/etc/provision/ollama/1.env", b"mine now\n")
     plan = make_plan(b, edited)
-    assert not [a for a in plan.actions if a.kind is Kind.REMOVE_FILE]
+    assert not [a for a in plan.actions if a.kind is ActionKind.REMOVE_FILE]
     assert any("edited by hand" in n.reason for n in plan.noops)
 
 
@@ -280,7 +281,7 @@ def test_a_killed_apply_still_restarts_what_it_changed() -> None:
     a, b = state_a(), state_b()
     observed = applied(b, live=True, manifest=build_manifest(a))
     plan = make_plan(b, observed)
-    assert [str(x.kind) for x in plan.actions if x.kind is Kind.WRITE_FILE] == []
+    assert [str(x.kind) for x in plan.actions if x.kind is ActionKind.WRITE_FILE] == []
     assert ("daemon-reload", "systemd") not in kinds(plan)  # unit files equal in a and b
     assert ("restart", "ollama@0.service") in kinds(plan)
     assert ("create-model", "llama3.1:8b-ctx") in kinds(plan)
@@ -292,14 +293,14 @@ def test_power_limits_live() -> None:
     observed = applied(desired, live=True, power_w={GPUS[0]: 350.0, GPUS[1]: 300.2})
     plan = make_plan(desired, observed)
     (action,) = plan.actions
-    assert (action.kind, action.target, action.watts) == (Kind.SET_POWER, GPUS[0], 300.0)
+    assert (action.kind, action.target, action.watts) == (ActionKind.SET_POWER, GPUS[0], 300.0)
     assert action.detail == "350 W -> 300 W" and action.reason == "profile: 300 W per GPU"
     plan = make_plan(desired, replace(observed, power_w={}))
     assert all("no power limit" in a.refused for a in plan.refusals(force=True))
     # A GPU no longer managed goes back to the default the manifest recorded.
     unmanaged = replace(desired, power=desired.power[:1])
     plan = make_plan(unmanaged, applied(desired, live=True))
-    power = [a for a in plan.actions if a.kind is Kind.SET_POWER]
+    power = [a for a in plan.actions if a.kind is ActionKind.SET_POWER]
     assert [(a.target, a.watts) for a in power] == [(GPUS[1], 350.0)]
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from provision.probe.nvml import format_cuda_version
-from provision.rig import Gpu, NvLink, PcieLink, PowerLimits, Rig, load_rig, parse_rig
+from provision.hardware.nvml import format_cuda_version
+from provision.hardware.rig import Gpu, NvLink, PcieLink, PowerLimits, Rig, load_rig, parse_rig
 from tests.fake_nvml.snapshot_to_fake import (
     LIBRARY_NAME,
     compile_fake_nvml,
@@ -29,8 +29,8 @@ from tests.helpers import ALL_RIG_FILES, REPO_ROOT, load_named_rig, run_provisio
 
 # probe_rig() itself, without the CLI around it.
 _PROBE_SCRIPT = (
-    "from provision.probe.nvml import probe_rig\n"
-    "from provision.rig import dump_rig\n"
+    "from provision.hardware.nvml import probe_rig\n"
+    "from provision.hardware.rig import dump_rig\n"
     "print(dump_rig(probe_rig(), 'json'), end='')\n"
 )
 
@@ -241,7 +241,7 @@ def test_cuda_driver_version_format(nvml: int, text: str) -> None:
 
 def test_importing_the_probe_does_not_load_pynvml() -> None:
     check = (
-        "import sys, provision.probe.nvml, provision.cli\n"
+        "import sys, provision.hardware.nvml, provision.cli.main\n"
         "assert 'pynvml' not in sys.modules, 'eager import'\n"
     )
     subprocess.run([sys.executable, "-c", check], cwd=REPO_ROOT, check=True, timeout=60)

@@ -12,7 +12,7 @@ import pytest
 
 from provision.command import EXIT_NOT_FOUND, EXIT_TIMED_OUT, run
 from provision.errors import ExitCode, HostError
-from provision.probe.system import (
+from provision.hardware.system import (
     detect_runtimes,
     parse_llama_server_version,
     parse_nvidia_smi_driver_version,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from provision.errors import ExitCode, InputError
-from provision.estimate import KvType, Runtime
-from provision.profile import bundled_names, load_profile
+from provision.models.estimate import KvType, Runtime
+from provision.placement.profile import bundled_names, load_profile
 
 
 def test_bundled_profiles_load() -> None:

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 from provision.desired import DesiredState
+from provision.hardware.rig import dump_rig, load_rig
+from provision.paths import OLLAMA_DROPIN, OLLAMA_TEMPLATE_UNIT
 from provision.pipeline import desired_state, profile_digest, rig_digest
-from provision.profile import load_profile
-from provision.render import OLLAMA_DROPIN, OLLAMA_TEMPLATE_UNIT, render
-from provision.rig import dump_rig, load_rig
+from provision.placement.profile import load_profile
+from provision.render.files import render
 from tests.golden_cases import ENVIRON
 from tests.helpers import REPO_ROOT, rig_file
 
@@ -29,7 +30,7 @@ def _file(desired: DesiredState, path: str) -> str:
 
 
 def test_importing_render_does_not_import_jinja2() -> None:
-    code = "import sys, provision.render; print('jinja2' in sys.modules)"
+    code = "import sys, provision.render.files; print('jinja2' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT
     )

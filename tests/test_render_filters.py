@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from provision.render_filters import (
+from provision.render.filters import (
     env_file_value,
     env_name,
     host_port,

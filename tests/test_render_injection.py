@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from provision.errors import ExitCode, InputError
+from provision.hardware.rig import load_rig
 from provision.pipeline import desired_state
-from provision.placement import Placement
-from provision.render import render
-from provision.rig import load_rig
+from provision.placement.decisions import Placement
+from provision.render.files import render
 from tests.gguf_factory import write_tiny_gguf
 from tests.golden_cases import ENVIRON
 from tests.helpers import rig_file, run_provision

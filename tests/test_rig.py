@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from provision.errors import ExitCode, InputError
-from provision.rig import dump_rig, load_rig, parse_rig, rig_to_plain, save_rig
+from provision.hardware.rig import dump_rig, load_rig, parse_rig, rig_to_plain, save_rig
 from tests.helpers import ALL_RIG_FILES
 
 

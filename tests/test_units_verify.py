@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from provision.desired import DesiredState
-from provision.render import OLLAMA_UNIT
+from provision.paths import OLLAMA_UNIT
 from tests.golden_cases import CASES, Case, rendered
 from tests.systemd_root import make_root, require, units_to_verify, verify
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from provision.cli import cli
-from provision.manifest import build_manifest
+from provision.change.manifest import build_manifest
+from provision.cli.main import cli
 from provision.pipeline import desired_state
-from provision.render_filters import env_file_value, systemd_env
+from provision.render.filters import env_file_value, systemd_env
 from provision.verify.checks import checks_for, listen_verdict, parse_curl, unit_verdict
 from provision.verify.environment import (
     expand_specifiers,

@@ -7,16 +7,24 @@ files and unit enablement can be checked; on a live host (root /) every kind is.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from provision.desired import SYSTEMD_DIR
-from provision.plan import ENABLED_STATES, normalize_model
-from provision.render import NGINX_UNIT, OLLAMA_UNIT
+from provision.ollama import normalize_model
+from provision.paths import (
+    ENABLED_STATES,
+    NGINX_UNIT,
+    OLLAMA_UNIT,
+    RUNNING_STATES,
+    SYSTEMD_DIR,
+    WILDCARDS,
+    host_port,
+    http_url,
+    template_of,
+)
 
 HTTP_TIMEOUT_S = 5
 
@@ -67,7 +75,7 @@ def checks_for(manifest: Mapping[str, Any], live: bool) -> tuple[Check, ...]:
     running = [u for u in units if u["active"] and not _oneshot(u)]
     ports = _records(manifest, "ports", ("unit", "host", "port"))
     checks += [
-        Check(CheckKind.PORT, address(str(p["host"]), int(p["port"])), {"unit": str(p["unit"])})
+        Check(CheckKind.PORT, host_port((str(p["host"]), int(p["port"]))), {"unit": str(p["unit"])})
         for p in ports
     ]
     checks += [c for u in running if (c := _env_check(str(u["name"]), files)) is not None]
@@ -124,7 +132,7 @@ def _is_ollama(name: str) -> bool:
 def _http_checks(running: Sequence[Mapping[str, Any]]) -> list[Check]:
     checks = []
     upstreams = [
-        address(*listen)
+        host_port(listen)
         for u in running
         if u["name"] != NGINX_UNIT and (listen := _listen(u)) is not None
     ]
@@ -134,10 +142,10 @@ def _http_checks(running: Sequence[Mapping[str, Any]]) -> list[Check]:
             continue
         if unit["name"] == NGINX_UNIT:
             expect = {"url": http_url(*listen), "upstreams": upstreams}
-            checks.append(Check(CheckKind.NGINX, address(*listen), expect))
+            checks.append(Check(CheckKind.NGINX, host_port(listen), expect))
         elif _is_ollama(str(unit["name"])):
             expect = {"url": http_url(*listen), "unit": unit["name"]}
-            checks.append(Check(CheckKind.OLLAMA, address(*listen), expect))
+            checks.append(Check(CheckKind.OLLAMA, host_port(listen), expect))
     return checks
 
 
@@ -199,7 +207,7 @@ def _activity(props: Mapping[str, str], expect: Mapping[str, Any]) -> tuple[bool
     active, sub = props.get("ActiveState", "unknown"), props.get("SubState", "?")
     result, status = props.get("Result", "?"), props.get("ExecMainStatus", "?")
     if not expect["active"]:
-        running = active in ("active", "activating", "reloading")
+        running = active in RUNNING_STATES
         return not running, f"{active} ({sub}), wanted stopped" if running else "not active"
     if expect["oneshot"]:
         if props.get("ExecMainExitTimestampMonotonic", "0") in ("", "0"):
@@ -215,22 +223,6 @@ def _activity(props: Mapping[str, str], expect: Mapping[str, Any]) -> tuple[bool
 
 
 # --- addresses and HTTP --------------------------------------------------------------------
-
-
-def address(host: str, port: int) -> str:
-    """`host:port`, with an IPv6 address in brackets."""
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            return f"[{host}]:{port}"
-    except ValueError:
-        pass  # a host name
-    return f"{host}:{port}"
-
-
-def http_url(host: str, port: int) -> str:
-    """The URL a client on the host itself uses: a wildcard listener is reached on loopback."""
-    reach = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "*": "127.0.0.1"}
-    return f"http://{address(reach.get(host, host), port)}"
 
 
 def curl_argv(url: str) -> str:
@@ -253,8 +245,6 @@ def parse_version(body: str) -> str | None:
 
 # --- listening sockets ---------------------------------------------------------------------
 
-_WILDCARDS = frozenset({"*", "0.0.0.0", "::", ""})
-
 
 def listeners(ss_output: str, port: int) -> list[str]:
     """Local addresses of listening TCP sockets on `port`, from `ss -Hltn`."""
@@ -266,18 +256,18 @@ def listeners(ss_output: str, port: int) -> list[str]:
         local = words[3] if not words[0].isdigit() else words[2]  # with or without State
         host, _, text = local.rpartition(":")
         if text == str(port):
-            found.append(address(host.strip("[]").split("%", 1)[0], port))
+            found.append(host_port((host.strip("[]").split("%", 1)[0], port)))
     return found
 
 
 def listen_verdict(ss_output: str, host: str, port: int) -> tuple[bool, str]:
     """Exactly the expected address: a wildcard where loopback was planned exposes the port."""
     found = listeners(ss_output, port)
-    wildcards = [a for a in found if a.rpartition(":")[0].strip("[]") in _WILDCARDS]
-    expected = address(host, port)
+    wildcards = [a for a in found if a.rpartition(":")[0].strip("[]") in WILDCARDS]
+    expected = host_port((host, port))
     if not found:
         return False, f"nothing listens on port {port}"
-    if host in _WILDCARDS:
+    if host in WILDCARDS:
         return bool(wildcards), ", ".join(found)
     if wildcards:
         return False, f"listens on {', '.join(wildcards)}, not only on {expected}"
@@ -292,9 +282,7 @@ def listen_verdict(ss_output: str, host: str, port: int) -> tuple[bool, str]:
 def env_sources(unit: str, files: Sequence[Mapping[str, Any]]) -> list[str]:
     """Managed unit files that configure `unit`: its unit file (or template), then drop-ins
     ordered by file name, as systemd applies them."""
-    names = {unit}
-    if "@" in unit:
-        names.add(unit.split("@", 1)[0] + "@." + unit.rsplit(".", 1)[-1])
+    names = {unit, template_of(unit)}
     main, dropins = [], []
     for record in files:
         path = str(record["path"])

@@ -1,7 +1,7 @@
 """Reading the environment systemd gives a service: unit files, environment files, environ.
 
 Pure parsers for the `env` checks of `provision verify`, written from systemd.syntax(7),
-systemd.exec(5) and systemd.unit(5) "Specifiers"; the inverse of provision.render_filters.
+systemd.exec(5) and systemd.unit(5) "Specifiers"; the inverse of provision.render.filters.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import testinfra
 import testinfra.backend
 
 from provision.errors import HostError, InputError
-from provision.manifest import MANIFEST_PATH
+from provision.paths import MANIFEST_PATH
 from provision.verify.checks import Check, ManifestError, checks_for
 
 SUITE = Path(__file__).with_name("suite.py")

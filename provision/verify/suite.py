@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 
-from provision.manifest import sha256
-from provision.plan import POWER_TOLERANCE_W
-from provision.render import NGINX_UNIT
+from provision.change.manifest import sha256
+from provision.change.observe import parse_power_limits
+from provision.change.plan import POWER_TOLERANCE_W
+from provision.ollama import parse_tags
+from provision.paths import NGINX_UNIT, NVIDIA_SMI_POWER_QUERY
 from provision.verify import checks as c
 from provision.verify import environment
 from provision.verify.checks import Check, CheckKind
@@ -203,8 +205,6 @@ def test_ollama(target: Target, check: Check, record_property: Record) -> None:
 
 
 def test_model(target: Target, check: Check, record_property: Record) -> None:
-    from provision.host import parse_ollama_tags
-
     base, unit = check.expect["address"], check.expect["unit"]
     if base is None:
         fail("no running Ollama service in the manifest to ask")
@@ -212,7 +212,7 @@ def test_model(target: Target, check: Check, record_property: Record) -> None:
 
     def listed(body: str) -> tuple[bool, str]:
         try:
-            models = parse_ollama_tags(body.encode())
+            models = parse_tags(body)
         except (ValueError, AttributeError, KeyError, TypeError):
             return False, f"GET {url}: not a model list: {body[:80]!r}"
         if check.target not in models:
@@ -223,11 +223,9 @@ def test_model(target: Target, check: Check, record_property: Record) -> None:
 
 
 def test_power(target: Target, check: Check, record_property: Record) -> None:
-    from provision.host import parse_power_limits
-
     if _run(target, "command -v nvidia-smi").rc != 0:
         pytest.skip("nvidia-smi is not installed: power limits not checked")
-    query = "nvidia-smi --query-gpu=uuid,power.limit --format=csv,noheader,nounits"
+    query = " ".join(("nvidia-smi", *NVIDIA_SMI_POWER_QUERY))
     seen = _run(target, query)
     if seen.rc != 0:
         fail(f"{query} failed: {seen.stderr.strip() or seen.stdout.strip()}")

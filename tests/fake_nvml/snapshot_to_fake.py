@@ -16,8 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from provision.probe.nvml import ARCHITECTURES
-from provision.rig import Gpu, Host, Rig, load_rig
+from provision.hardware.nvml import ARCHITECTURES
+from provision.hardware.rig import Gpu, Host, Rig, load_rig
 
 SOURCE = Path(__file__).with_name("fake_nvml.c")
 LIBRARY_NAME = "libnvidia-ml.so.1"

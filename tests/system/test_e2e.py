@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from provision.cli import cli
-from provision.rig import load_rig
+from provision.cli.main import cli
+from provision.hardware.rig import load_rig
 from tests.system import nspawn
 from tests.system.conftest import PROVISION_VENV
 from tests.system.nspawn import Container

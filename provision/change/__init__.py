@@ -1,0 +1,1 @@
+"""DesiredState vs the host -> Plan -> apply, backup, rollback: the change engine."""

@@ -1,0 +1,205 @@
+"""The target host under a root, and changing it: atomic writes, removals, directories, a lock.
+
+Writes never follow a symlink: each directory on the way is opened with O_NOFOLLOW relative to
+its parent, so a symlink swapped in between observing and writing is refused too. Live mode
+(`--root /` on a host booted with systemd) changes running services; any other root is
+offline: files and unit enablement only (`systemctl --root`).
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import pwd
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from provision.errors import HostError
+from provision.paths import SYSTEMD_RUNNING
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class Host:
+    root: Path
+    live: bool
+
+    @classmethod
+    def at(cls, root: Path) -> Host:
+        resolved = root.resolve()  # a symlink *to* the root is fine; inside it, never
+        return cls(resolved, resolved == Path("/") and Path(SYSTEMD_RUNNING).is_dir())
+
+    def path(self, target: str) -> Path:
+        return self.root / target.lstrip("/")
+
+    def systemctl(self, *args: str) -> list[str]:
+        if self.live:
+            return ["systemctl", *args]
+        return ["systemctl", f"--root={self.root}", *args]
+
+    @cached_property
+    def accounts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """user -> uid and group -> gid, as the target host sees them."""
+        users = _parse_id_file(self.path("/etc/passwd"))
+        groups = _parse_id_file(self.path("/etc/group"))
+        if self.live or not users:  # a bare scratch root has no account files: use this host's
+            users = users or {p.pw_name: p.pw_uid for p in pwd.getpwall()}
+            groups = groups or {g.gr_name: g.gr_gid for g in grp.getgrall()}
+        return users, groups
+
+    def ids(self, owner: str, group: str) -> tuple[int, int]:
+        users, groups = self.accounts
+        if owner not in users or group not in groups:
+            missing = f"user '{owner}'" if owner not in users else f"group '{group}'"
+            raise HostError(
+                f"{missing} does not exist on the target ({self.path('/etc/passwd').parent})",
+                hint="install the runtime first (its package creates the account)",
+            )
+        return users[owner], groups[group]
+
+    def names(self, uid: int, gid: int) -> tuple[str, str]:
+        users, groups = self.accounts
+        user = next((n for n, i in users.items() if i == uid), str(uid))
+        return user, next((n for n, i in groups.items() if i == gid), str(gid))
+
+
+def _parse_id_file(path: Path) -> dict[str, int]:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return {}
+    ids: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[2].isdigit():
+            ids.setdefault(fields[0], int(fields[2]))
+    return ids
+
+
+def _open_dir(host: Host, target_dir: str, create: bool) -> int:
+    """An fd of target_dir under the root, reached without following any symlink."""
+    fd = os.open(host.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    walked = ""
+    try:
+        for part in Path(target_dir).parts[1:]:
+            walked += "/" + part
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, 0o755, dir_fd=fd)
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise HostError(
+                f"{host.path(walked)} is a symlink or not a directory: provision never "
+                "writes through one",
+                hint="replace it with a real directory, or point --root elsewhere",
+            ) from None
+        raise
+    return fd
+
+
+def write_atomic(host: Host, target: str, data: bytes, mode: int, uid: int, gid: int) -> None:
+    """Old bytes or new bytes, never a mix: temp file in the same directory, fsync, rename."""
+    directory, name = os.path.split(target)
+    temp = f".{name}.provision-tmp"  # fixed name: a copy left by a crash is simply reused
+    try:
+        dir_fd = _open_dir(host, directory, create=True)
+        try:
+            _refuse_symlink(host, target, dir_fd, name)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
+            try:
+                _write_all(fd, data)
+                os.fchown(fd, uid, gid)  # before chmod: chown clears set-id bits
+                os.fchmod(fd, mode)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.fsync(dir_fd)  # the rename itself must survive a power cut
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise HostError(f"{host.path(target)}: cannot write: {exc.strerror}") from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _refuse_symlink(host: Host, target: str, dir_fd: int, name: str) -> None:
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise HostError(
+            f"{host.path(target)} is a symlink: provision never writes through one",
+            hint="remove the symlink (or put the real file there) and run apply again",
+        )
+
+
+def remove_file(host: Host, target: str) -> None:
+    directory, name = os.path.split(target)
+    try:
+        dir_fd = _open_dir(host, directory, create=False)
+    except FileNotFoundError:
+        return
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+        os.fsync(dir_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise HostError(f"{host.path(target)}: cannot remove: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)
+
+
+def list_dir(host: Host, target_dir: str) -> Iterable[str]:
+    try:
+        dir_fd = _open_dir(host, target_dir, create=False)
+    except FileNotFoundError:
+        return []
+    try:
+        return sorted(os.listdir(dir_fd))
+    finally:
+        os.close(dir_fd)
+
+
+def make_dir(host: Host, target_dir: str, mode: int = 0o700) -> bool:
+    """Create target_dir (its parents as needed); False when it exists already."""
+    parent, name = os.path.split(target_dir)
+    dir_fd = _open_dir(host, parent, create=True)
+    try:
+        os.mkdir(name, mode, dir_fd=dir_fd)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.close(dir_fd)
+
+
+def open_lock_file(host: Host, target: str) -> int:
+    directory, name = os.path.split(target)
+    dir_fd = _open_dir(host, directory, create=True)
+    try:
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(name, flags, 0o644, dir_fd=dir_fd)
+    except OSError as exc:
+        raise HostError(f"{host.path(target)}: cannot open the lock: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,413 @@
+"""Desired state vs observed host -> an ordered plan of actions, each with its reason (pure).
+
+`diff` prints a Plan and `apply` executes the very same object, so a dry run cannot disagree with
+a real run. The observations are plain data filled in by provision.change.host; nothing here touches
+the host. Order of a plan: stop and disable what is no longer wanted, write and remove files, one
+daemon-reload, enable, power limits, restarts, reloads, models, and the manifest last.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+from provision.change.actions import (
+    ActionKind,
+    FileDiff,
+    Observed,
+    ObservedFile,
+    ObservedUnit,
+    Plan,
+    Section,
+)
+from provision.change.manifest import build_manifest, comparable, encode, sha256
+from provision.desired import MANAGED_HEADER, DesiredFile, DesiredState, DesiredUnit
+from provision.ollama import is_registry_model, normalize_model
+from provision.paths import (
+    ENABLED_BY_US,
+    ENABLED_STATES,
+    MANIFEST_PATH,
+    RUNNING_STATES,
+    SYSTEMD_DIR,
+    instances_of,
+    template_of,
+    unit_file,
+    unit_of_path,
+)
+
+# The header sits on the first line, or just after a shebang or a format's own first line.
+HEADER_SEARCH_LINES = 5
+POWER_TOLERANCE_W = 0.5  # nvidia-smi reports centiwatts; the driver rounds requested limits
+FOREIGN = (
+    "{path} is not managed by provision (no header, not in the manifest): "
+    "apply needs --force, which backs it up first"
+)
+
+
+def carries_header(data: bytes) -> bool:
+    lines = data.decode("utf-8", "replace").splitlines()[:HEADER_SEARCH_LINES]
+    return any(line.strip() == MANAGED_HEADER for line in lines)
+
+
+def make_plan(desired: DesiredState, observed: Observed) -> Plan:
+    """Compare attribute by attribute; every action and every no-op says why.
+
+    Refusals are recorded on the actions either way; `Plan.refusals(force)` decides.
+    """
+    previous = _previous_files(observed.manifest)
+    files = _plan_files(desired, observed, previous)
+    written = {a.target for a in files.actions}
+    dirty = _dirty_paths(desired, previous, written)
+    sections = [
+        _plan_obsolete_units(desired, observed),
+        files,
+        _plan_daemon_reload(dirty, observed),
+        _plan_enable(desired, observed),
+        _plan_power(desired, observed),
+        _plan_restarts(desired, observed, dirty, previous),
+        _plan_models(desired, observed, dirty),
+    ]
+    manifest = build_manifest(desired)
+    sections.append(_plan_manifest(manifest, observed))
+    return Plan(
+        live=observed.live,
+        actions=tuple(a for s in sections for a in s.actions),
+        noops=tuple(a for s in sections for a in s.noops),
+        diffs=tuple(files.diffs),
+        manifest=manifest,
+        not_checked=_not_checked(desired, observed),
+    )
+
+
+def _previous_files(manifest: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
+    if not manifest:
+        return {}
+    return {str(f["path"]): f for f in manifest.get("files", ()) if isinstance(f, Mapping)}
+
+
+def _plan_files(
+    desired: DesiredState, observed: Observed, previous: Mapping[str, Mapping[str, Any]]
+) -> Section:
+    section = Section()
+    wanted = {f.path for f in desired.files}
+    for desired_file in sorted(desired.files, key=lambda f: f.path):
+        _plan_file(section, desired_file, observed.files[desired_file.path], previous)
+    for path in sorted(set(previous) - wanted):
+        _plan_removal(section, observed.files[path], previous[path])
+    return section
+
+
+def _plan_file(
+    section: Section,
+    want: DesiredFile,
+    have: ObservedFile,
+    previous: Mapping[str, Mapping[str, Any]],
+) -> None:
+    data = encode(want.content)
+    if have.kind in ("symlink", "other"):
+        what = "a symlink" if have.kind == "symlink" else "not a regular file"
+        refused = f"{have.path} is {what}{have.note}: provision never writes through it"
+        section.act(ActionKind.WRITE_FILE, want.path, "target is in the way", True, refused=refused)
+        return
+    if have.kind == "missing":
+        section.act(ActionKind.WRITE_FILE, want.path, "missing", True, file=want)
+        section.diffs.append(FileDiff(want.path, unified(want.path, None, data)))
+        return
+    changes = _attribute_changes(want, data, have)
+    if not changes:
+        section.noop(want.path, f"in sync (sha256 {sha256(data)[:12]})")
+        return
+    ours = carries_header(have.data) or want.path in previous
+    reason = ", ".join(changes) if ours else "replaces a file provision does not manage"
+    refused = "" if ours else FOREIGN.format(path=want.path)
+    detail = _mode_owner_detail(want, have)
+    section.act(
+        ActionKind.WRITE_FILE,
+        want.path,
+        reason,
+        True,
+        detail=detail,
+        refused=refused,
+        forceable=True,
+        file=want,
+    )
+    if "content changed" in changes:
+        section.diffs.append(FileDiff(want.path, unified(want.path, have.data, data)))
+
+
+def _attribute_changes(want: DesiredFile, data: bytes, have: ObservedFile) -> list[str]:
+    changes = []
+    if have.data != data:
+        changes.append("content changed")
+    if have.mode != want.mode:
+        changes.append("mode differs")
+    if (have.owner, have.group) != (want.owner, want.group):
+        changes.append("owner differs")
+    return changes
+
+
+def _mode_owner_detail(want: DesiredFile, have: ObservedFile) -> str:
+    parts = []
+    if have.mode != want.mode:
+        old = "?" if have.mode is None else f"{have.mode:04o}"
+        parts.append(f"mode {old} -> {want.mode:04o}")
+    if (have.owner, have.group) != (want.owner, want.group):
+        parts.append(f"owner {have.owner}:{have.group} -> {want.owner}:{want.group}")
+    return ", ".join(parts)
+
+
+def _plan_removal(section: Section, have: ObservedFile, recorded: Mapping[str, Any]) -> None:
+    if have.kind == "missing":
+        section.noop(have.path, "no longer wanted and already absent")
+    elif have.kind != "file":
+        section.noop(have.path, f"no longer wanted, but {have.kind}{have.note}: left alone")
+    elif carries_header(have.data) or sha256(have.data) == recorded.get("sha256"):
+        section.act(
+            ActionKind.REMOVE_FILE, have.path, "no longer wanted (listed in the manifest)", True
+        )
+        section.diffs.append(FileDiff(have.path, unified(have.path, have.data, None)))
+    else:
+        section.noop(have.path, "no longer wanted, but edited by hand without the header: left")
+
+
+def unified(path: str, old: bytes | None, new: bytes | None) -> str:
+    def lines(data: bytes | None) -> list[str]:
+        return [] if data is None else data.decode("utf-8", "replace").splitlines(keepends=True)
+
+    before = "/dev/null" if old is None else f"a{path}"
+    after = "/dev/null" if new is None else f"b{path}"
+    text = "".join(difflib.unified_diff(lines(old), lines(new), before, after))
+    return text if text.endswith("\n") or not text else text + "\n\\ No newline at end of file\n"
+
+
+def _dirty_paths(
+    desired: DesiredState, previous: Mapping[str, Mapping[str, Any]], written: set[str]
+) -> set[str]:
+    """Files whose change has not yet reached the services that read them.
+
+    A path is dirty when this plan writes or removes it, or when the last completed apply (the
+    manifest) recorded other bytes: an apply killed after its writes must still restart.
+    """
+    dirty = set(written)
+    for want in desired.files:
+        if previous.get(want.path, {}).get("sha256") != sha256(encode(want.content)):
+            dirty.add(want.path)
+    wanted = {f.path for f in desired.files}
+    dirty.update(set(previous) - wanted)
+    return dirty
+
+
+def _plan_daemon_reload(dirty: set[str], observed: Observed) -> Section:
+    section = Section()
+    unit_files = sorted(p for p in dirty if p.startswith(SYSTEMD_DIR + "/"))
+    stale = sorted(u.name for u in observed.units.values() if u.needs_daemon_reload)
+    if unit_files or stale:
+        reason = "changed: " + ", ".join(unit_files or stale)
+        section.act(ActionKind.DAEMON_RELOAD, "systemd", reason, observed.live)
+    else:
+        section.noop("systemd", "no unit file or drop-in changed: no daemon-reload")
+    return section
+
+
+def _provided(unit: str, desired: DesiredState) -> bool:
+    written = {f.path for f in desired.files}
+    return any(unit_file(name) in written for name in (unit, template_of(unit)))
+
+
+def _missing_unit(unit: str, desired: DesiredState, observed: Observed) -> str:
+    seen = observed.units.get(unit)
+    if seen is None or seen.enabled != "not-found" or _provided(unit, desired):
+        return ""
+    return f"{unit} does not exist on the host and provision does not write it"
+
+
+def _plan_enable(desired: DesiredState, observed: Observed) -> Section:
+    section = Section()
+    for unit in desired.units:
+        state = observed.units[unit.name].enabled
+        missing = _missing_unit(unit.name, desired, observed)
+        if unit.enabled and state == "masked":
+            refused = f"{unit.name} is masked: unmask it deliberately first"
+            section.act(ActionKind.ENABLE, unit.name, "masked", True, refused=refused)
+        elif unit.enabled and state not in ENABLED_STATES:
+            section.act(ActionKind.ENABLE, unit.name, f"is {state}", True, refused=missing)
+        elif not unit.enabled and state in ENABLED_BY_US:
+            section.act(ActionKind.DISABLE, unit.name, f"is {state}, wanted disabled", True)
+        else:
+            section.noop(unit.name, f"is {state}, as wanted")
+    return section
+
+
+def _recorded_units(observed: Observed) -> list[str]:
+    return [str(u.get("name")) for u in (observed.manifest or {}).get("units", ())]
+
+
+def _plan_obsolete_units(desired: DesiredState, observed: Observed) -> Section:
+    """Units the last apply managed that the desired state no longer has: stop, then disable."""
+    section = Section()
+    wanted = {u.name for u in desired.units}
+    for name in sorted(set(_recorded_units(observed)) - wanted):
+        seen = observed.units[name]
+        if seen.active in RUNNING_STATES:
+            section.act(ActionKind.STOP, name, "no longer wanted (listed in the manifest)", True)
+        if seen.enabled in ENABLED_BY_US:
+            section.act(ActionKind.DISABLE, name, "no longer wanted (listed in the manifest)", True)
+        else:
+            section.noop(name, f"no longer wanted and {seen.enabled}")
+    for unit in desired.units:
+        seen = observed.units[unit.name]
+        if not unit.active and seen.active in RUNNING_STATES:
+            section.act(ActionKind.STOP, unit.name, f"is {seen.active}, wanted stopped", True)
+    return section
+
+
+def _inputs(
+    desired: DesiredState, dirty: set[str], previous: Mapping[str, Mapping[str, Any]]
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """unit -> the dirty files it restarts on, and unit -> the dirty files it reloads on."""
+    by_path = {f.path: f for f in desired.files}
+    names = [u.name for u in desired.units]
+    restarts: dict[str, list[str]] = {}
+    reloads: dict[str, list[str]] = {}
+    for path in sorted(dirty):
+        want = by_path.get(path)
+        record = previous.get(path, {})
+        restart_units = list(want.restarts if want else record.get("restarts", ()))
+        implied = unit_of_path(path)
+        if implied:
+            restart_units += [n for n in instances_of(implied, names) if n not in restart_units]
+        for unit in restart_units:
+            restarts.setdefault(unit, []).append(path)
+        for unit in want.reloads if want else record.get("reloads", ()):
+            reloads.setdefault(unit, []).append(path)
+    return restarts, reloads
+
+
+def _plan_restarts(
+    desired: DesiredState,
+    observed: Observed,
+    dirty: set[str],
+    previous: Mapping[str, Mapping[str, Any]],
+) -> Section:
+    section = Section()
+    restarts, reloads = _inputs(desired, dirty, previous)
+    units = {u.name: u for u in desired.units}
+    # Units the last apply managed and this one drops are stopped, not restarted.
+    dropped = set(_recorded_units(observed)) - set(units)
+    order = [u.name for u in desired.units] + sorted(set(restarts) - set(units) - dropped)
+    restarted = set()
+    for name in order:
+        reason = _restart_reason(units.get(name), observed.units.get(name), restarts.get(name))
+        if reason is None:
+            continue
+        if reason.startswith("ok:"):
+            section.noop(name, reason[3:].strip())
+            continue
+        missing = _missing_unit(name, desired, observed)
+        section.act(ActionKind.RESTART, name, reason, observed.live, refused=missing)
+        restarted.add(name)
+    for name in sorted(set(reloads) - dropped):
+        if name in restarted:
+            section.noop(name, "reload not needed: restarted anyway")
+        elif units.get(name) is None or units[name].active:
+            reason = "inputs changed: " + ", ".join(reloads[name])
+            section.act(ActionKind.RELOAD, name, reason, observed.live)
+    return section
+
+
+def _restart_reason(
+    unit: DesiredUnit | None, seen: ObservedUnit | None, inputs: list[str] | None
+) -> str | None:
+    """The reason to restart, "ok: why not" for a no-op, or None when there is nothing to say."""
+    if unit is not None and not unit.active:
+        return None
+    if inputs:
+        return "inputs changed: " + ", ".join(inputs)
+    if unit is None:
+        return None
+    if seen is None or seen.active is None:
+        return "ok: offline: active state not read; inputs unchanged"
+    if seen.active == "active" or (unit.oneshot and seen.ran_ok):
+        return f"ok: {seen.active}; inputs unchanged"
+    return f"is {seen.active}"
+
+
+def _plan_power(desired: DesiredState, observed: Observed) -> Section:
+    section = Section()
+    recorded = (observed.manifest or {}).get("power", ())
+    wanted = {p.uuid for p in desired.power}
+    targets = [(p.uuid, p.target_w, p.reason) for p in desired.power]
+    for entry in recorded:
+        uuid, default_w = str(entry.get("uuid")), entry.get("default_w")
+        if uuid not in wanted and isinstance(default_w, int | float):
+            targets.append((uuid, float(default_w), "no longer managed: restore the default"))
+    for uuid, target_w, reason in targets:
+        if observed.power_w is None:
+            section.noop(uuid, f"offline: limit not read (wanted {target_w:g} W)")
+            continue
+        current = observed.power_w.get(uuid)
+        if current is not None and abs(current - target_w) <= POWER_TOLERANCE_W:
+            section.noop(uuid, f"limit is {current:g} W, as wanted")
+            continue
+        refused = "" if current is not None else f"nvidia-smi gave no power limit for {uuid}"
+        detail = f"{'?' if current is None else f'{current:g}'} W -> {target_w:g} W"
+        section.act(
+            ActionKind.SET_POWER,
+            uuid,
+            reason,
+            observed.live,
+            detail=detail,
+            watts=target_w,
+            refused=refused,
+        )
+    return section
+
+
+def _plan_models(desired: DesiredState, observed: Observed, dirty: set[str]) -> Section:
+    section = Section()
+    have = observed.ollama_models
+    for model in desired.models:
+        name = normalize_model(model.name)
+        base_missing = (
+            have is not None
+            and is_registry_model(model.base)
+            and normalize_model(model.base) not in have
+        )
+        if base_missing:
+            section.act(ActionKind.PULL_MODEL, model.base, f"base of {model.name} is missing", True)
+        if model.modelfile_path in dirty:
+            reason = f"Modelfile changed: {model.modelfile_path}"
+        elif have is not None and name not in have:
+            reason = "missing"
+        elif have is None and observed.live:
+            reason = "Ollama API not reachable: cannot tell whether it exists"
+        else:
+            why = "exists" if have is not None else "offline: not asked whether it exists"
+            section.noop(model.name, f"{why}; Modelfile unchanged")
+            continue
+        section.act(
+            ActionKind.CREATE_MODEL, model.name, reason, observed.live, source=model.modelfile_path
+        )
+    return section
+
+
+def _plan_manifest(manifest: dict[str, Any], observed: Observed) -> Section:
+    section = Section()
+    if comparable(observed.manifest) == manifest:
+        section.noop(MANIFEST_PATH, "records this desired state already")
+    else:
+        why = "absent" if observed.manifest is None else "records another state"
+        section.act(ActionKind.WRITE_MANIFEST, MANIFEST_PATH, f"{why}; written last", True)
+    return section
+
+
+def _not_checked(desired: DesiredState, observed: Observed) -> tuple[str, ...]:
+    if observed.live:
+        return ()
+    counts = [
+        (len(desired.power), "power limit(s)"),
+        (len(desired.models), "Ollama model(s)"),
+        (sum(u.active for u in desired.units), "running state(s)"),
+    ]
+    return tuple(f"{n} {what}" for n, what in counts if n)

@@ -1,0 +1,1 @@
+"""The `provision` command: the only package that prints or exits; nothing imports it."""

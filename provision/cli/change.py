@@ -1,0 +1,316 @@
+"""`provision diff`, `apply` and `rollback`: show, make and undo changes to the host.
+
+All three print the same Plan object (provision.change.plan) that apply executes. Exit codes:
+diff 0 in sync, 1 changes pending; 2 bad input; 3 host error or a refused target; apply 4
+failed and rolled back. `--desired-json FILE` (hidden) reads a DesiredState serialized as JSON
+instead of rendering one from --rig and --profile: a testing and automation aid (see
+`provision.cli.options.desired_to_json`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from provision.change.actions import Action, Plan
+from provision.change.apply import Outcome, Settings, describe, execute, locked
+from provision.change.backup import list_backups, load_backup, rollback_plan, rolled_back
+from provision.change.host import Host
+from provision.change.observe import observe
+from provision.change.plan import make_plan
+from provision.cli.options import desired_options, json_option, load_desired, rig_options
+from provision.errors import ExitCode, HostError, InputError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# --- printing ------------------------------------------------------------------------------
+
+
+def _action_to_plain(index: int | None, action: Action) -> dict[str, Any]:
+    plain: dict[str, Any] = {"index": index} if index is not None else {}
+    plain.update(kind=str(action.kind), target=action.target, reason=action.reason)
+    plain.update(detail=action.detail, skipped_offline=action.skipped_offline)
+    plain.update(refused=action.refused, forceable=action.forceable)
+    return plain
+
+
+def plan_to_plain(plan: Plan, host: Host) -> dict[str, Any]:
+    return {
+        "schema": 1,
+        "root": str(host.root),
+        "mode": "live" if host.live else "offline",
+        "in_sync": plan.in_sync,
+        "files": [{"path": d.path, "diff": d.text} for d in plan.diffs],
+        "actions": [_action_to_plain(i, a) for i, a in enumerate(plan.actions)],
+        "noops": [_action_to_plain(None, a) for a in plan.noops],
+        "not_checked": list(plan.not_checked),
+        "summary": summary(plan, host),
+    }
+
+
+def summary(plan: Plan, host: Host) -> str:
+    counts = Counter(str(a.kind) for a in plan.changes)
+    if counts:
+        text = f"{len(plan.changes)} change(s) pending: " + ", ".join(
+            f"{n} {kind}" for kind, n in counts.items()
+        )
+    else:
+        text = f"in sync: {host.root}"
+    skipped = sum(a.skipped_offline for a in plan.actions)
+    if skipped:
+        text += f"; {skipped} live-only step(s) recorded as skipped (offline root)"
+    if plan.not_checked:
+        text += "; not checked offline: " + ", ".join(plan.not_checked)
+    return text
+
+
+def _coloured(line: str, colour: bool) -> str:
+    if not colour:
+        return line
+    if line.startswith(("+++", "---")):
+        return click.style(line, bold=True)
+    styles = {"+": "green", "-": "red", "@": "cyan"}
+    return click.style(line, fg=styles[line[0]]) if line[:1] in styles else line
+
+
+def _action_line(index: int, action: Action, force: bool) -> str:
+
+    line = f"{index + 1:>3}. {describe(action)}"
+    if action.skipped_offline:
+        line += "  [skipped: offline root]"
+    if action.refused and not (force and action.forceable):
+        line += f"\n     refused: {action.refused}"
+    return line
+
+
+def print_plan(
+    plan: Plan, host: Host, verbose: bool, force: bool = False, actions: bool = True
+) -> None:
+    """Diffs, actions (apply --yes lists them as it goes instead), no-ops with -v, summary."""
+    colour = sys.stdout.isatty()
+    for diff in plan.diffs:
+        for line in diff.text.splitlines():
+            click.echo(_coloured(line, colour))
+    if plan.actions and actions:
+        click.echo("actions:")
+        for index, action in enumerate(plan.actions):
+            click.echo(_action_line(index, action, force))
+    if verbose and plan.noops:
+        click.echo("no-ops:")
+        for action in plan.noops:
+            click.echo(f"     {action.target}: {action.reason}")
+    click.echo(summary(plan, host))
+
+
+def _refused_anyway(plan: Plan) -> None:
+    """Targets that even --force will not touch make a host error (exit 3)."""
+    hard = plan.refusals(force=True)
+    if hard:
+        more = f" (and {len(hard) - 1} more)" if len(hard) > 1 else ""
+        raise HostError(f"apply would refuse: {hard[0].refused}{more}")
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+@click.command()
+@rig_options
+@json_option
+@desired_options
+@click.pass_context
+def diff(
+    ctx: click.Context,
+    rig_file: Path | None,
+    root: Path,
+    as_json: bool,
+    profile_ref: str | None,
+    desired_json: Path | None,
+    verbose: bool,
+) -> None:
+    """Show what apply would change: a unified diff per file, the actions, a summary.
+
+    Exit status 0 when the host is in sync, 1 when changes are pending.
+    """
+    desired = load_desired(rig_file, profile_ref, desired_json)
+    host = Host.at(root)
+    plan = make_plan(desired, observe(host, desired))
+    if as_json:
+        click.echo(json.dumps(plan_to_plain(plan, host), indent=2))
+    else:
+        print_plan(plan, host, verbose)
+    _refused_anyway(plan)
+    ctx.exit(int(ExitCode.OK if plan.in_sync else ExitCode.CHANGES_PENDING))
+
+
+def _confirmation_possible(yes: bool) -> None:
+    if not yes and not sys.stdin.isatty():
+        raise InputError(
+            "this changes the host and needs a confirmation, but there is no terminal to ask on",
+            hint="pass --yes to go ahead without asking (or --dry-run to only look)",
+        )
+
+
+def _existing_root(host: Host) -> None:
+    if not host.root.is_dir():
+        raise HostError(f"--root {host.root} does not exist", hint="create it first")
+
+
+def _reporter(as_json: bool) -> Callable[[str], None]:
+    return lambda line: click.echo(line, err=as_json)
+
+
+def change_options(func: F) -> F:
+    func = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")(func)
+    return click.option(
+        "--lock-timeout",
+        type=click.FloatRange(min=0),
+        default=30.0,
+        show_default=True,
+        help="Seconds to wait for another run to release /run/lock/provision.lock.",
+    )(func)
+
+
+def _outcome_to_plain(outcome: Outcome | None, host: Host, plan: Plan) -> dict[str, Any]:
+    done = outcome.done if outcome else ()
+    skipped = outcome.skipped if outcome else ()
+    return {
+        "schema": 1,
+        "root": str(host.root),
+        "mode": "live" if host.live else "offline",
+        "changed": bool(done),
+        "backup": outcome.backup if outcome else None,
+        "done": [_action_to_plain(None, a) for a in done],
+        "skipped": [_action_to_plain(None, a) for a in skipped],
+        "summary": summary(plan, host),
+    }
+
+
+@click.command()
+@rig_options
+@json_option
+@desired_options
+@change_options
+@click.option("--dry-run", is_flag=True, help="Show the plan and change nothing.")
+@click.option("--force", is_flag=True, help="Replace files provision does not own (backed up).")
+@click.option(
+    "--check-timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds for a restarted service to be active and answer on its port (live only).",
+)
+def apply(
+    rig_file: Path | None,
+    root: Path,
+    as_json: bool,
+    profile_ref: str | None,
+    desired_json: Path | None,
+    verbose: bool,
+    yes: bool,
+    lock_timeout: float,
+    dry_run: bool,
+    force: bool,
+    check_timeout: float,
+) -> None:
+    """Change the host to the desired state: back up, write, reload, restart, check.
+
+    On any failure the backup is restored and the exit status is 4.
+    """
+    desired = load_desired(rig_file, profile_ref, desired_json)
+    host = Host.at(root)
+    if dry_run:
+        plan = make_plan(desired, observe(host, desired))
+        _show(plan, host, as_json, verbose, force)
+        _refused_anyway(plan)
+        if not as_json:
+            click.echo("dry run: nothing was changed")
+        return
+    _confirmation_possible(yes)
+    _existing_root(host)
+    report = _reporter(as_json)
+    with locked(host, lock_timeout, report):
+        plan = make_plan(desired, observe(host, desired))
+        if plan.in_sync:
+            _done(None, host, plan, as_json)
+            return
+        if not as_json:
+            print_plan(plan, host, verbose, force, actions=not yes)
+        _ask(yes, f"apply {len(plan.changes)} change(s) to {host.root}?")
+        units = {u.name: u for u in desired.units}
+        settings = Settings(force=force, check_timeout_s=check_timeout)
+        outcome = execute(host, plan, units, settings, report)
+    _done(outcome, host, plan, as_json)
+
+
+def _show(plan: Plan, host: Host, as_json: bool, verbose: bool, force: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(plan_to_plain(plan, host), indent=2))
+    else:
+        print_plan(plan, host, verbose, force)
+
+
+def _ask(yes: bool, question: str) -> None:
+    if not yes:
+        click.confirm(question, abort=True, err=True)
+
+
+def _done(outcome: Outcome | None, host: Host, plan: Plan, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(_outcome_to_plain(outcome, host, plan), indent=2))
+    elif outcome is None:
+        click.echo(f"in sync: nothing to do under {host.root}")
+    else:
+        click.echo(
+            f"applied {len(outcome.done)} change(s); {len(outcome.skipped)} skipped (offline); "
+            f"backup {outcome.backup} ('provision rollback --to {outcome.backup}' undoes it)"
+        )
+
+
+@click.command()
+@rig_options
+@json_option
+@change_options
+@click.option("--to", "stamp", metavar="TIMESTAMP", help="The backup to restore (default: last).")
+@click.option("--list", "list_only", is_flag=True, help="List the complete backups and exit.")
+def rollback(
+    rig_file: Path | None,
+    root: Path,
+    as_json: bool,
+    yes: bool,
+    lock_timeout: float,
+    stamp: str | None,
+    list_only: bool,
+) -> None:
+    """Restore the files (and unit states) from before an apply, from its backup."""
+    host = Host.at(root)
+    if list_only:
+        stamps = {s: rolled_back(host, s) for s in list_backups(host)}
+        if as_json:
+            listing = [{"backup": s, "rolled_back": r} for s, r in stamps.items()]
+            click.echo(json.dumps(listing, indent=2))
+        else:
+            lines = [
+                f"{s}  (apply failed and was rolled back)" if r else s for s, r in stamps.items()
+            ]
+            click.echo("\n".join(lines) or "no backups")
+        return
+    _confirmation_possible(yes)
+    _existing_root(host)
+    report = _reporter(as_json)
+    with locked(host, lock_timeout, report):
+        backup = load_backup(host, stamp)
+        plan = rollback_plan(host, backup)
+        if not plan.actions:
+            _done(None, host, plan, as_json)
+            return
+        if not as_json:
+            print_plan(plan, host, verbose=False, force=True)
+        _ask(yes, f"restore {host.root} as it was before apply {backup.stamp}?")
+        outcome = execute(host, plan, {}, Settings(force=True), report)
+    _done(outcome, host, plan, as_json)

@@ -1,0 +1,131 @@
+"""`provision probe`, `fit`, `models` and `plan`: the commands that look and decide.
+
+None of them changes the host. Each reads the rig (a recorded snapshot, or NVML), and prints
+text for people or one JSON document with `--json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from provision import ollama
+from provision.cli.options import json_option, profile_option, read_rig, rig_options
+from provision.cli.report import (
+    fit_text,
+    fit_to_plain,
+    placement_text,
+    placement_to_plain,
+    probe_report,
+)
+from provision.errors import HostError, InputError
+from provision.hardware.classify import classify
+from provision.hardware.rig import rig_to_plain, save_rig
+from provision.models import catalog
+from provision.models.estimate import KvType, RunSettings, Runtime
+from provision.models.refs import resolve
+from provision.pipeline import desired_state
+from provision.placement.fit import fit_model
+from provision.typed_load import to_plain
+
+
+@click.command()
+@rig_options
+@json_option
+@click.option(
+    "--save",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the snapshot to FILE (.json for JSON, YAML otherwise).",
+)
+def probe(rig_file: Path | None, root: Path, as_json: bool, save: Path | None) -> None:
+    """Read every GPU and the host, and classify the rig."""
+    rig = read_rig(rig_file)
+    traits = classify(rig)
+    if save is not None:
+        try:
+            save_rig(rig, save)
+        except OSError as exc:
+            raise HostError(f"{save}: cannot write snapshot: {exc.strerror}") from None
+    if as_json:
+        document = rig_to_plain(rig)
+        document["traits"] = to_plain(traits.traits)
+        click.echo(json.dumps(document, indent=2))
+    elif save is None:
+        click.echo(probe_report(rig, traits))
+    else:
+        click.echo(f"saved {len(rig.gpus)} GPU(s) to {save}")
+
+
+@click.command()
+@click.argument("model")
+@click.option("--ctx", type=int, default=8192, show_default=True, help="Context per request.")
+@click.option("--parallel", type=int, default=1, show_default=True, help="Concurrent requests.")
+@click.option(
+    "--kv-type", type=click.Choice(["f16", "q8_0", "q4_0"]), default="f16", show_default=True
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["ollama", "llama-server"]),
+    default="ollama",
+    show_default=True,
+)
+@rig_options
+@json_option
+def fit(
+    model: str,
+    ctx: int,
+    parallel: int,
+    kv_type: str,
+    runtime: str,
+    rig_file: Path | None,
+    root: Path,
+    as_json: bool,
+) -> None:
+    """Say whether MODEL fits this rig: one GPU, a split, partial offload, or not at all.
+
+    MODEL is a .gguf path, an installed Ollama model (llama3.3:70b) or a catalog name.
+    """
+    for name, value in (("--ctx", ctx), ("--parallel", parallel)):
+        if value <= 0:
+            raise InputError(f"{name} must be a positive number of tokens/requests, got {value}")
+    rig = read_rig(rig_file)
+    spec = resolve(model, os.environ)
+    settings = RunSettings(
+        ctx_tokens=ctx, parallel=parallel, kv_type=KvType(kv_type), runtime=Runtime(runtime)
+    )
+    legacy = runtime == "ollama" and ollama.is_legacy_ollama(rig.host.runtimes.get("ollama"))
+    result = fit_model(rig, spec, settings, legacy)
+    if as_json:
+        click.echo(json.dumps(fit_to_plain(result), indent=2))
+    else:
+        click.echo(fit_text(result))
+    if not spec.kv_known:
+        raise InputError(
+            f"{model}: architecture '{spec.architecture}' is not modelled: the weights are "
+            "estimated from its tensors, the KV cache is unknown",
+            hint="treat the verdict as a lower bound, or measure a real load",
+        )
+
+
+@click.command()
+@rig_options
+@profile_option
+@json_option
+def plan(rig_file: Path | None, root: Path, profile_ref: str | None, as_json: bool) -> None:
+    """Decide where each model runs, with reasons, and list the files it would write."""
+    placement, desired = desired_state(read_rig(rig_file), profile_ref, os.environ)
+    if as_json:
+        click.echo(json.dumps(placement_to_plain(placement, desired), indent=2))
+    else:
+        click.echo(placement_text(placement, desired))
+
+
+@click.command()
+def models() -> None:
+    """List the bundled catalog of Ollama library models usable before a pull."""
+    for name in catalog.names():
+        quants = ", ".join(v.quant for v in catalog.variants(name))
+        click.echo(f"{name:<22} {quants}")

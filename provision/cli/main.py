@@ -1,0 +1,72 @@
+"""The `provision` command: the group, the error mapping and `main()`.
+
+Each command lives in the module of its family (inspect, change, verify) and is loaded only when
+it runs: `provision probe --rig` must not pay for pytest (verify) or the change engine, nor
+`provision verify` for placement. That is click's documented lazy-loading pattern, and the only
+place where the CLI defers an import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from provision import __version__
+from provision.errors import ExitCode, ProvisionError
+
+# command name -> (module, function): in the order `provision --help` lists them.
+COMMANDS = {
+    "probe": ("provision.cli.inspect", "probe"),
+    "fit": ("provision.cli.inspect", "fit"),
+    "models": ("provision.cli.inspect", "models"),
+    "plan": ("provision.cli.inspect", "plan"),
+    "diff": ("provision.cli.change", "diff"),
+    "apply": ("provision.cli.change", "apply"),
+    "rollback": ("provision.cli.change", "rollback"),
+    "verify": ("provision.cli.verify", "verify"),
+}
+
+
+class _Group(click.Group):
+    """Loads commands on demand; expected errors become `error:` / `hint:` lines and their exit
+    code, and `--debug` re-raises them."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, name = COMMANDS[cmd_name]
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command), f"{module}.{name} is not a click command"
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ProvisionError as exc:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"error: {exc.message}", err=True)
+            if exc.hint:
+                click.echo(f"hint: {exc.hint}", err=True)
+            ctx.exit(int(exc.exit_code))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show a traceback for expected errors too.")
+@click.version_option(__version__, prog_name="provision")
+def cli(debug: bool) -> None:
+    """Provision a multi-GPU Linux box as a local-LLM inference host."""
+
+
+def main() -> None:
+    try:
+        cli(prog_name="provision")
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(int(ExitCode.HOST_ERROR))

@@ -1,0 +1,118 @@
+"""What the commands share: their common options, reading the rig, and loading a desired state.
+
+Imports no command module, so every command module can import this one. The rig, pipeline and
+typed-load modules are imported inside the functions that use them (start-up speed: `probe
+--rig` and `diff --desired-json` must not pay for placement and rendering).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from provision.desired import DesiredState, DesiredUnit
+from provision.errors import InputError
+
+if TYPE_CHECKING:
+    from provision.hardware.rig import Rig
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rig_options(func: F) -> F:
+    """`--rig` and `--root`."""
+    func = click.option(
+        "--root",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("/"),
+        show_default=True,
+        help="Operate on this filesystem tree instead of /.",
+    )(func)
+    return click.option(
+        "--rig",
+        "rig_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Read this recorded snapshot instead of probing the GPUs.",
+    )(func)
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")(func)
+
+
+def profile_option(func: F) -> F:
+    return click.option(
+        "--profile",
+        "profile_ref",
+        metavar="NAME|FILE",
+        help="A bundled profile name or a profile file (default: ollama-auto).",
+    )(func)
+
+
+def desired_options(func: F) -> F:
+    func = click.option("-v", "--verbose", is_flag=True, help="Also list the no-ops and why.")(func)
+    func = click.option(
+        "--desired-json",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        hidden=True,  # testing/automation aid: a DesiredState as JSON instead of rendering
+    )(func)
+    return profile_option(func)
+
+
+def read_rig(rig_file: Path | None) -> Rig:
+    """The recorded snapshot, or a live NVML probe."""
+    if rig_file is not None:
+        from provision.hardware.rig import load_rig  # lazy: start-up speed (yaml)
+
+        return load_rig(rig_file)
+    from provision.hardware.nvml import probe_rig  # lazy: start-up speed (pynvml)
+
+    return probe_rig()
+
+
+def load_desired(
+    rig_file: Path | None, profile_ref: str | None, desired_json: Path | None
+) -> DesiredState:
+    if desired_json is not None:
+        return desired_from_json(desired_json)
+    from provision.pipeline import desired_state  # lazy: the engine alone needs no placement
+
+    _placement, desired = desired_state(read_rig(rig_file), profile_ref, os.environ)
+    return desired
+
+
+def desired_to_json(state: DesiredState) -> str:
+    from provision.typed_load import to_plain  # lazy: start-up speed
+
+    return json.dumps(to_plain(state), indent=2)
+
+
+def desired_from_json(path: Path) -> DesiredState:
+    from provision.typed_load import from_plain  # lazy: start-up speed
+
+    try:
+        data = json.loads(path.read_text())
+        units = data.get("units", []) if isinstance(data, dict) else []
+        # from_plain reads tuples as homogeneous lists: `listen` ([host, port]) is done here.
+        listens = [u.pop("listen", None) if isinstance(u, dict) else None for u in units]
+        state = from_plain(DesiredState, data)
+        fixed = tuple(
+            _with_listen(u, listen) for u, listen in zip(state.units, listens, strict=True)
+        )
+    except (OSError, ValueError, AttributeError) as exc:  # FieldError is a ValueError
+        raise InputError(f"{path}: not a desired state: {exc}") from None
+    return DesiredState(**{**vars(state), "units": fixed})
+
+
+def _with_listen(unit: DesiredUnit, listen: object) -> DesiredUnit:
+    if listen is None:
+        return unit
+    ok = isinstance(listen, list) and len(listen) == 2
+    if not (ok and isinstance(listen[0], str) and type(listen[1]) is int):  # type: ignore[index]
+        raise ValueError(f"units: {unit.name}: listen must be [host, port], got {listen!r}")
+    return DesiredUnit(**{**vars(unit), "listen": (listen[0], listen[1])})  # type: ignore[index]

@@ -1,0 +1,268 @@
+"""Model references -> ModelSpec: the shape and per-layer bytes that the estimate needs.
+
+A reference is one of: a GGUF path (split files too), an installed Ollama model name resolved
+through the Ollama store, or a tag from the bundled catalog (for planning before a pull).
+GGUF files are read with `gguf.GGUFReader`, which memory-maps the file and parses only the
+header: tensor data is never touched, so sparse files work.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from provision.errors import InputError
+from provision.models import catalog
+from provision.models.spec import KNOWN_KV_ARCHS, SWA_PATTERN_BY_ARCH, ModelSpec, swa_layers
+from provision.paths import OLLAMA_MODELS_DIR
+
+OLLAMA_MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
+DEFAULT_OLLAMA_MODELS = Path(OLLAMA_MODELS_DIR)
+_SPLIT_NAME = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
+
+
+# --- GGUF files -------------------------------------------------------------------------------
+
+
+def split_shards(path: Path) -> list[Path]:
+    """All shards of a split GGUF (`x-00001-of-00003.gguf`), or just `path`."""
+    match = _SPLIT_NAME.match(path.name)
+    if not match:
+        return [path]
+    count = int(match["n"])
+    shards = [
+        path.with_name(f"{match['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)
+    ]
+    missing = [s.name for s in shards if not s.exists()]
+    if missing:
+        raise InputError(
+            f"{path}: split GGUF is missing shard(s) {', '.join(missing)}",
+            hint="keep all shards of a split model in one directory",
+        )
+    return shards
+
+
+def _open_gguf(path: Path) -> Any:
+    from gguf import GGUFReader  # imported here: numpy and gguf cost ~100 ms
+
+    try:
+        return GGUFReader(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file", hint="check the model path") from None
+    except (ValueError, IndexError, OSError, KeyError) as exc:
+        raise InputError(
+            f"{path}: not a readable GGUF file ({exc})",
+            hint="pass a complete .gguf model file (a truncated download fails here too)",
+        ) from None
+
+
+def _field(reader: Any, key: str) -> Any:
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    value = field.contents()
+    return value
+
+
+class _Metadata:
+    """Typed access to `<arch>.*` keys of a GGUF header."""
+
+    def __init__(self, reader: Any, path: Path) -> None:
+        self.reader = reader
+        self.path = path
+        arch = _field(reader, "general.architecture")
+        if not isinstance(arch, str):
+            raise InputError(
+                f"{path}: GGUF header has no general.architecture",
+                hint="the file is not a model GGUF",
+            )
+        self.arch = arch
+
+    def get(self, key: str) -> Any:
+        return _field(self.reader, f"{self.arch}.{key}")
+
+    def int_or_none(self, key: str) -> int | None:
+        value = self.get(key)
+        if isinstance(value, list):  # per-layer arrays (e.g. head_count_kv): the largest bounds KV
+            value = max(value) if value else None
+        return None if value is None else int(value)
+
+    def required(self, key: str) -> int:
+        value = self.int_or_none(key)
+        if value is None:
+            raise InputError(
+                f"{self.path}: GGUF header lacks {self.arch}.{key}",
+                hint="re-convert the model with a current llama.cpp",
+            )
+        return value
+
+
+def _swa_layers(meta: _Metadata, n_layer: int, window: int | None) -> tuple[bool, ...]:
+    pattern = meta.get("attention.sliding_window_pattern")
+    if window and isinstance(pattern, list) and len(pattern) == n_layer:
+        return tuple(bool(v) for v in pattern)
+    period = int(pattern) if isinstance(pattern, int) else SWA_PATTERN_BY_ARCH.get(meta.arch, 0)
+    return swa_layers(n_layer, bool(window), period)
+
+
+def _tensor_bytes(readers: list[Any], n_layer: int) -> tuple[list[int], int, int, bool]:
+    layers = [0] * n_layer
+    input_bytes = output_bytes = 0
+    has_output = False
+    for reader in readers:
+        for tensor in reader.tensors:
+            name, size = tensor.name, int(tensor.n_bytes)
+            if name.startswith("blk."):
+                layer = int(name.split(".")[1])
+                if layer < n_layer:
+                    layers[layer] += size
+            elif name == "token_embd.weight":
+                input_bytes += size
+            else:  # output.weight, output_norm.*, rope_freqs and other whole-model tensors
+                output_bytes += size
+                has_output = has_output or name == "output.weight"
+    return layers, input_bytes, output_bytes, has_output
+
+
+def spec_from_gguf(path: Path) -> ModelSpec:
+    shards = split_shards(path)
+    readers = [_open_gguf(p) for p in shards]
+    meta = _Metadata(readers[0], path)
+    n_layer = meta.required("block_count")
+    n_embd = meta.required("embedding_length")
+    n_head = meta.int_or_none("attention.head_count") or 0
+    n_head_kv = meta.int_or_none("attention.head_count_kv") or n_head
+    head_dim = n_embd // n_head if n_head else 0
+    window = meta.int_or_none("attention.sliding_window")
+    layers, input_bytes, output_bytes, has_output = _tensor_bytes(readers, n_layer)
+    if not has_output:
+        # Tied embeddings: llama.cpp loads token_embd a second time as the output head.
+        output_bytes += input_bytes
+    tokens = readers[0].fields.get("tokenizer.ggml.tokens")
+    n_vocab = meta.int_or_none("vocab_size") or (len(tokens.data) if tokens is not None else 0)
+    file_type = _field(readers[0], "general.file_type")
+    return ModelSpec(
+        name=path.name,
+        source="gguf",
+        architecture=meta.arch,
+        quant=_file_type_name(file_type),
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_ff=meta.int_or_none("expert_feed_forward_length")
+        or meta.int_or_none("feed_forward_length"),
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        key_length=meta.int_or_none("attention.key_length") or head_dim,
+        value_length=meta.int_or_none("attention.value_length") or head_dim,
+        n_vocab=n_vocab,
+        ctx_train=meta.int_or_none("context_length"),
+        sliding_window=window,
+        swa_layers=_swa_layers(meta, n_layer, window),
+        n_expert=meta.int_or_none("expert_count"),
+        n_expert_used=meta.int_or_none("expert_used_count"),
+        layer_weight_bytes=tuple(layers),
+        input_bytes=input_bytes,
+        output_bytes=output_bytes,
+        file_bytes=sum(p.stat().st_size for p in shards),
+        kv_known=meta.arch in KNOWN_KV_ARCHS and n_head_kv > 0,
+    )
+
+
+def _file_type_name(file_type: Any) -> str | None:
+    if file_type is None:
+        return None
+    from gguf import LlamaFileType  # lazy: numpy and gguf cost ~100 ms (see _open_gguf)
+
+    try:
+        return LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_")
+    except ValueError:
+        return None
+
+
+# --- the Ollama store -------------------------------------------------------------------------
+
+
+def ollama_models_dir(environ: Mapping[str, str]) -> Path:
+    return Path(environ.get("OLLAMA_MODELS") or DEFAULT_OLLAMA_MODELS)
+
+
+def ollama_manifest_path(models_dir: Path, name: str) -> Path:
+    """'llama3.3:70b' -> manifests/registry.ollama.ai/library/llama3.3/70b (tag 'latest')."""
+    model, _, tag = name.partition(":")
+    parts = model.split("/")
+    if len(parts) == 1:
+        parts = ["registry.ollama.ai", "library", *parts]
+    elif len(parts) == 2:
+        parts = ["registry.ollama.ai", *parts]
+    return models_dir.joinpath("manifests", *parts, tag or "latest")
+
+
+def ollama_blob(models_dir: Path, name: str) -> Path | None:
+    """The model blob of an installed Ollama model, or None when it is not installed."""
+    manifest_path = ollama_manifest_path(models_dir, name)
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        digest = next(
+            layer["digest"]
+            for layer in manifest["layers"]
+            if layer.get("mediaType") == OLLAMA_MODEL_MEDIA_TYPE
+        )
+    except (ValueError, KeyError, StopIteration, TypeError):
+        raise InputError(
+            f"{manifest_path}: Ollama manifest has no model layer",
+            hint=f"re-pull the model: ollama pull {name}",
+        ) from None
+    blob = models_dir / "blobs" / str(digest).replace(":", "-")
+    if not blob.is_file():
+        raise InputError(
+            f"{name}: Ollama blob {blob} is missing", hint=f"re-pull the model: ollama pull {name}"
+        )
+    return blob
+
+
+def installed_ollama_names(models_dir: Path) -> list[str]:
+    library = models_dir / "manifests" / "registry.ollama.ai" / "library"
+    if not library.is_dir():
+        return []
+    return sorted(
+        f"{m.name}:{t.name}" for m in library.iterdir() if m.is_dir() for t in m.iterdir()
+    )
+
+
+# --- resolving a reference ----------------------------------------------------------------------
+
+
+def resolve(ref: str, environ: Mapping[str, str]) -> ModelSpec:
+    """A GGUF path, an installed Ollama model, or a catalog tag, tried in that order."""
+    path = Path(ref)
+    if ref.endswith(".gguf") or path.is_file():
+        return spec_from_gguf(path)
+    models_dir = ollama_models_dir(environ)
+    blob = ollama_blob(models_dir, ref)
+    if blob is not None:
+        spec = spec_from_gguf(blob)
+        return _renamed(spec, ref, "ollama")
+    entry = catalog.lookup(ref)
+    if entry is not None:
+        return entry
+    known = catalog.names() + installed_ollama_names(models_dir)
+    close = difflib.get_close_matches(ref, known, n=3, cutoff=0.5)
+    hint = (
+        f"did you mean {', '.join(close)}?"
+        if close
+        else "pass a .gguf path, an installed Ollama model, or a name from 'provision models'"
+    )
+    raise InputError(
+        f"unknown model '{ref}': not a file, not installed, not in the catalog", hint=hint
+    )
+
+
+def _renamed(spec: ModelSpec, name: str, source: str) -> ModelSpec:
+    return replace(spec, name=name, source=source)

@@ -1,0 +1,138 @@
+"""Where things live on the target host, and the rules that name them. Pure.
+
+Every path, unit name and listen address that provision writes, starts or checks is spelled
+here once: the renderer, the change engine and verify read the same facts, so a change to where
+Ollama's installer puts its binary touches this file alone. Paths are absolute as on the target;
+`--root` is applied by provision.change.host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+
+# --- systemd ---------------------------------------------------------------------------------
+
+SYSTEMD_DIR = "/etc/systemd/system"
+# Where systemd looks for system units (systemd.unit(5)); Debian's /lib is not merged everywhere.
+UNIT_DIRS = (
+    SYSTEMD_DIR,
+    "/run/systemd/system",
+    "/usr/local/lib/systemd/system",
+    "/usr/lib/systemd/system",
+    "/lib/systemd/system",
+)
+SYSTEMD_RUNNING = "/run/systemd/system"  # what sd_booted() checks
+# Unit states as `systemctl is-enabled` and `show` spell them.
+ENABLED_STATES = frozenset({"enabled", "enabled-runtime", "static", "alias", "generated"})
+ENABLED_BY_US = frozenset({"enabled", "enabled-runtime"})  # what `disable` would undo
+RUNNING_STATES = frozenset({"active", "activating", "reloading"})
+
+# --- the units and files provision writes ----------------------------------------------------
+
+OLLAMA_UNIT = "ollama.service"
+OLLAMA_DROPIN = f"{SYSTEMD_DIR}/ollama.service.d/50-provision.conf"
+OLLAMA_TEMPLATE_UNIT = f"{SYSTEMD_DIR}/ollama@.service"
+INSTANCE_ENV_DIR = "/etc/provision/ollama"  # one <n>.env per ollama@<n>.service
+NGINX_UNIT = "nginx.service"
+NGINX_SITE = "/etc/nginx/conf.d/provision-ollama.conf"
+POWER_UNIT = "gpu-power-limits.service"
+MODELFILE_DIR = "/etc/provision/modelfiles"
+
+# --- the runtimes' own files -----------------------------------------------------------------
+
+OLLAMA_BIN = "/usr/local/bin/ollama"  # where Ollama's install.sh puts it
+OLLAMA_MODELS_DIR = "/usr/share/ollama/.ollama/models"  # the service user's store
+LLAMA_SERVER_BIN = "/usr/local/bin/llama-server"
+NVIDIA_SMI = "/usr/bin/nvidia-smi"
+# One query, two readers: apply's plan compares limits, verify checks them after a reboot.
+NVIDIA_SMI_POWER_QUERY = ("--query-gpu=uuid,power.limit", "--format=csv,noheader,nounits")
+
+# --- provision's own state -------------------------------------------------------------------
+
+MANIFEST_PATH = "/var/lib/provision/manifest.json"
+BACKUPS_DIR = "/var/lib/provision/backups"
+LOCK_PATH = "/run/lock/provision.lock"
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of a model or unit name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
+
+
+def modelfile_path(model_name: str) -> str:
+    return f"{MODELFILE_DIR}/{slug(model_name)}.Modelfile"
+
+
+def llama_server_unit(model_name: str) -> str:
+    return f"llama-server-{slug(model_name.replace(':', '-'))}.service"
+
+
+def replica_unit(n: int) -> str:
+    return f"ollama@{n}.service"
+
+
+def replica_env_file(n: int) -> str:
+    return f"{INSTANCE_ENV_DIR}/{n}.env"
+
+
+# --- unit-name rules (systemd.unit(5)) --------------------------------------------------------
+
+
+def template_of(unit: str) -> str:
+    """ollama@0.service -> ollama@.service; a unit that is no instance is its own template."""
+    if "@" not in unit:
+        return unit
+    return unit.split("@", 1)[0] + "@." + unit.rsplit(".", 1)[-1]
+
+
+def instances_of(unit: str, names: Iterable[str]) -> list[str]:
+    """A template (ollama@.service) stands for each of its instances in `names`."""
+    if "@." not in unit:
+        return [unit]
+    return [n for n in names if template_of(n) == unit]
+
+
+def unit_of_path(path: str) -> str | None:
+    """/etc/systemd/system/ollama.service.d/x.conf -> ollama.service (its unit or drop-in)."""
+    if not path.startswith(SYSTEMD_DIR + "/"):
+        return None
+    rest = path[len(SYSTEMD_DIR) + 1 :]
+    head = rest.split("/", 1)[0]
+    if "/" in rest:
+        return head[:-2] if head.endswith(".d") else None
+    return head
+
+
+def unit_file(unit: str) -> str:
+    return f"{SYSTEMD_DIR}/{unit}"
+
+
+# --- listen addresses ------------------------------------------------------------------------
+
+WILDCARDS = frozenset({"*", "0.0.0.0", "::", ""})
+# A client on the host itself reaches a wildcard listener on loopback of the same family.
+_LOOPBACK_FOR = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "*": "127.0.0.1", "::": "::1"}
+
+
+def host_port(pair: Sequence[object]) -> str:
+    """`(address, port)` -> `address:port`, with an IPv6 address in brackets."""
+    address, port = str(pair[0]), int(str(pair[1]))
+    try:
+        if ipaddress.ip_address(address).version == 6:
+            address = f"[{address}]"
+    except ValueError:
+        pass  # a host name
+    return f"{address}:{port}"
+
+
+def reachable(listen: tuple[str, int]) -> tuple[str, int]:
+    """Where to connect to a service listening on `listen` (a wildcard: through loopback)."""
+    host, port = listen
+    return _LOOPBACK_FOR.get(host, host), port
+
+
+def http_url(host: str, port: int) -> str:
+    """The URL a client on the host itself uses for a service listening on host:port."""
+    return f"http://{host_port(reachable((host, port)))}"

@@ -1,0 +1,1 @@
+"""Who runs what, where, and why: the profile, the fit of each model, instances, power."""

@@ -1,0 +1,255 @@
+"""Which service instances serve the placed models: one Ollama, one Ollama per GPU behind nginx,
+or one llama-server per model with an explicit layer plan. Pure; each instance says why."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from provision import ollama, paths
+from provision.errors import InputError
+from provision.hardware.classify import TraitKind, classify, gpu_label
+from provision.hardware.rig import Gpu, Rig
+from provision.models.estimate import KvType, Runtime
+from provision.placement.decisions import Balancer, Instance, ModelPlacement
+from provision.placement.fit import SAFETY_MARGIN_BYTES, GpuShare, Verdict, by_speed, fit_model
+from provision.placement.profile import Profile
+from provision.units import MIB
+
+# What llama.cpp's --fit leaves free per device: the margin our own placement keeps.
+FIT_TARGET_MIB = SAFETY_MARGIN_BYTES // MIB
+
+
+@dataclass
+class Layout:
+    instances: tuple[Instance, ...] = ()
+    models: tuple[ModelPlacement, ...] = ()
+    balancer: Balancer | None = None
+    warnings: list[str] = field(default_factory=list)
+    disabled_units: tuple[str, ...] = ()
+
+
+def instances(
+    rig: Rig,
+    profile: Profile,
+    placements: Sequence[ModelPlacement],
+    all_resident: bool,
+    ollama_version: str | None,
+) -> Layout:
+    if profile.runtime == Runtime.LLAMA_SERVER:
+        return _llama_servers(profile, placements)
+    replicas = _replica_gpus(rig, profile, placements)
+    if replicas:
+        return _ollama_replicas(profile, placements, replicas)
+    return _ollama_single(rig, profile, placements, all_resident, ollama_version)
+
+
+def _placed(placements: Sequence[ModelPlacement]) -> list[ModelPlacement]:
+    return [p for p in placements if p.placed]
+
+
+def _common_ollama_env(profile: Profile, placed: Sequence[ModelPlacement]) -> list[tuple[str, str]]:
+    entries = [p.entry for p in placed] or list(profile.models)
+    kv_types = {e.kv_type for e in entries}
+    if len(kv_types) > 1:
+        raise InputError(
+            "models disagree on kv_type, but Ollama's OLLAMA_KV_CACHE_TYPE is server-wide",
+            hint="give every model the same kv_type, or run them with runtime: llama-server",
+        )
+    env = [
+        ("OLLAMA_CONTEXT_LENGTH", str(max(e.ctx for e in entries))),
+        ("OLLAMA_NUM_PARALLEL", str(max(e.parallel for e in entries))),
+        ("OLLAMA_KEEP_ALIVE", max((e.keep_alive for e in entries), key=ollama.duration_rank)),
+    ]
+    kv = kv_types.pop()
+    if kv != KvType.F16:
+        env += [("OLLAMA_FLASH_ATTENTION", "1"), ("OLLAMA_KV_CACHE_TYPE", kv.value)]
+    return env
+
+
+def _ollama_single(
+    rig: Rig,
+    profile: Profile,
+    placements: Sequence[ModelPlacement],
+    all_resident: bool,
+    version: str | None,
+) -> Layout:
+    placed = _placed(placements)
+    used = {i for p in placed for i in p.gpu_indices}
+    gpus = by_speed([g for g in rig.gpus if g.index in used] or list(rig.gpus))
+    listen = profile.listen
+    env = [
+        ("CUDA_VISIBLE_DEVICES", ",".join(g.uuid for g in gpus)),
+        ("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),
+        ("OLLAMA_HOST", paths.host_port((listen.address, listen.port))),
+        *_common_ollama_env(profile, placed),
+        ("OLLAMA_MAX_LOADED_MODELS", str(len(placed) if all_resident else 1)),
+    ]
+    reasons = [f"one Ollama sees {_gpu_names(gpus)} by UUID, fastest first"]
+    warnings = []
+    if not all_resident:
+        warnings.append(
+            "not every model fits beside the others: OLLAMA_MAX_LOADED_MODELS=1, "
+            "so Ollama swaps models in and out"
+        )
+    split = [p for p in placed if p.fit.verdict == Verdict.SPLIT]
+    spread, why = _spread_decision(rig, placed, split, len(gpus))
+    reasons.append(why)
+    if spread:
+        env.append(("OLLAMA_SCHED_SPREAD", "1"))
+    if not ollama.is_legacy_ollama(version):
+        env.append(("LLAMA_ARG_FIT_TARGET", str(FIT_TARGET_MIB)))
+        reasons.append(f"llama.cpp's fit leaves {FIT_TARGET_MIB} MiB free per GPU")
+        tensor_split = _explicit_split(rig, placed, split, gpus)
+        if tensor_split:
+            env.append(("LLAMA_ARG_TENSOR_SPLIT", tensor_split))
+            reasons.append(f"explicit split {tensor_split} for {split[0].entry.ref}")
+    instance = Instance(
+        Runtime.OLLAMA, paths.OLLAMA_UNIT, listen.address, listen.port,
+        tuple(g.uuid for g in gpus), tuple(env), "; ".join(reasons),
+        models=tuple(p.name for p in placed),
+    )  # fmt: skip
+    models = tuple(replace(p, units=(paths.OLLAMA_UNIT,) if p.placed else ()) for p in placements)
+    return Layout((instance,), models, None, warnings)
+
+
+def _spread_decision(
+    rig: Rig, placed: Sequence[ModelPlacement], split: Sequence[ModelPlacement], n_gpus: int
+) -> tuple[bool, str]:
+    # OLLAMA_SCHED_SPREAD applies to every model: set it only when every model is split across
+    # all visible GPUs, or it would spread models that fit one card.
+    symmetric = rig.gpus and _is_symmetric(rig)
+    if split and len(split) == len(placed) and all(len(p.gpu_indices) == n_gpus for p in split):
+        if symmetric:
+            return True, "spread evenly (OLLAMA_SCHED_SPREAD=1): every model needs all GPUs"
+        return False, "no spread: the split follows each card's free memory"
+    if split:
+        return False, "no spread: other models fit one GPU and must stay on one"
+    return False, "no spread: every model fits one GPU"
+
+
+def _is_symmetric(rig: Rig) -> bool:
+    return classify(rig).has(TraitKind.SYMMETRIC)
+
+
+def _explicit_split(
+    rig: Rig,
+    placed: Sequence[ModelPlacement],
+    split: Sequence[ModelPlacement],
+    gpus: Sequence[Gpu],
+) -> str | None:
+    """LLAMA_ARG_TENSOR_SPLIT is server-wide: only when the one split model is the only model
+    placed (Ollama hands the variable to every llama-server it starts), on an uneven rig."""
+    if len(split) != 1 or len(placed) != 1 or _is_symmetric(rig):
+        return None
+    by_index = {s.gpu.index: s for s in split[0].fit.shares}
+    if set(by_index) != {g.index for g in gpus}:
+        return None
+    return ",".join(str(_layer_units(by_index[g.index])) for g in gpus)
+
+
+def _layer_units(share: GpuShare) -> int:
+    """Layers a device runs as llama.cpp counts them: the output head is one more."""
+    return len(share.footprint.layers) + int(share.footprint.holds_output)
+
+
+def _gpu_names(gpus: Sequence[Gpu]) -> str:
+    return ", ".join(gpu_label(g) for g in gpus)
+
+
+def _replica_gpus(rig: Rig, profile: Profile, placements: Sequence[ModelPlacement]) -> list[Gpu]:
+    """GPUs that each hold every model on their own, when the profile asks for replicas."""
+    if profile.replicas == 1 or not placements:
+        return []
+    candidates = []
+    for gpu in by_speed(rig.gpus):
+        alone = replace(rig, gpus=(gpu,))
+        if all(
+            fit_model(alone, p.spec, p.settings).verdict == Verdict.SINGLE_GPU for p in placements
+        ):
+            candidates.append(gpu)
+    wanted = len(candidates) if profile.replicas == "auto" else int(profile.replicas)
+    chosen = candidates[:wanted]
+    return chosen if len(chosen) >= 2 else []
+
+
+def _ollama_replicas(
+    profile: Profile, placements: Sequence[ModelPlacement], gpus: Sequence[Gpu]
+) -> Layout:
+    listen = profile.listen
+    common = _common_ollama_env(profile, placements)
+    created = []
+    for n, gpu in enumerate(gpus):
+        port = listen.port + 1 + n
+        env = [
+            ("CUDA_VISIBLE_DEVICES", gpu.uuid),
+            ("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),
+            ("OLLAMA_HOST", f"127.0.0.1:{port}"),
+            ("OLLAMA_MODELS", paths.OLLAMA_MODELS_DIR),
+            *common,
+            ("OLLAMA_MAX_LOADED_MODELS", str(len(placements))),
+        ]
+        reason = (
+            f"replica {n} of {len(gpus)} on {gpu_label(gpu)}: every model fits this GPU "
+            "alone; models are stored once and shared"
+        )
+        created.append(Instance(
+            Runtime.OLLAMA, paths.replica_unit(n), "127.0.0.1", port, (gpu.uuid,), tuple(env),
+            reason, env_file=paths.replica_env_file(n),
+            models=tuple(p.name for p in placements),
+        ))  # fmt: skip
+    balancer = Balancer(listen.address, listen.port, tuple((i.address, i.port) for i in created))
+    units = tuple(i.unit for i in created)
+    models = tuple(replace(p, units=units) for p in placements)
+    return Layout(tuple(created), models, balancer, [], disabled_units=(paths.OLLAMA_UNIT,))
+
+
+def _llama_servers(profile: Profile, placements: Sequence[ModelPlacement]) -> Layout:
+    created, models = [], []
+    for position, p in enumerate(placements):
+        if not p.placed:
+            models.append(p)
+            continue
+        instance = _llama_server(profile, p, position)
+        created.append(instance)
+        models.append(replace(p, units=(instance.unit,)))
+    return Layout(tuple(created), tuple(models))
+
+
+def _model_path(p: ModelPlacement, position: int) -> str:
+    if p.entry.path:
+        return p.entry.path
+    if p.entry.ref.endswith(".gguf") and p.entry.ref.startswith("/"):
+        return p.entry.ref
+    raise InputError(
+        f"models[{position}].path: llama-server needs the GGUF file to load for {p.entry.ref}",
+        hint="add `path: /srv/models/<file>.gguf` to that model",
+    )
+
+
+def _llama_server(profile: Profile, p: ModelPlacement, position: int) -> Instance:
+    shares = p.fit.shares
+    port = profile.listen.port + position
+    s = p.settings
+    args = ["-m", _model_path(p, position), "--alias", p.name, "--host", profile.listen.address,
+            "--port", str(port), "-c", str(s.ctx_tokens), "-np", str(s.parallel), "--kv-unified",
+            "-fa", "on" if s.flash_attention else "off"]  # fmt: skip
+    if s.kv_type != KvType.F16:
+        args += ["-ctk", s.kv_type.value, "-ctv", s.kv_type.value]
+    if p.entry.num_batch:
+        args += ["-b", str(p.entry.num_batch)]
+    # An explicit plan (never mixed with --fit): devices in split order, layers per device.
+    offloaded = sum(_layer_units(sh) for sh in shares)
+    args += ["--device", ",".join(f"CUDA{i}" for i in range(len(shares)))]
+    args += ["-ngl", "all" if not p.fit.cpu_layers else str(offloaded)]
+    if len(shares) > 1:
+        args += ["-sm", "layer", "-ts", ",".join(str(_layer_units(sh)) for sh in shares)]
+    else:
+        args += ["-sm", "none"]
+    env = (("CUDA_VISIBLE_DEVICES", ",".join(sh.gpu.uuid for sh in shares)),
+           ("CUDA_DEVICE_ORDER", "PCI_BUS_ID"))  # fmt: skip
+    return Instance(
+        Runtime.LLAMA_SERVER, paths.llama_server_unit(p.name),
+        profile.listen.address, port, tuple(sh.gpu.uuid for sh in shares), env,
+        f"{p.entry.ref}: {p.fit.reason}", args=tuple(args), models=(p.name,),
+    )  # fmt: skip

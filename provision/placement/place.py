@@ -1,0 +1,172 @@
+"""Rig + profile + model specs -> Placement: which instance runs which model where, and why.
+
+Pure. Implements docs/ARCHITECTURE.md §5: a model that fits one GPU stays on one GPU; a larger one is split
+over the fewest, fastest GPUs; throughput profiles get one Ollama per GPU behind nginx; a model
+that does not fit is left out (never rendered to OOM) with what would fit; power limits are
+clamped to NVML's range. Every decision carries its reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from provision import ollama, paths
+from provision.errors import InputError
+from provision.hardware.classify import TraitKind, classify, gpu_label
+from provision.hardware.rig import Rig
+from provision.models.estimate import KvType, RunSettings, Runtime
+from provision.models.spec import ModelSpec
+from provision.placement import instances, power
+from provision.placement.decisions import ModelPlacement, Placement
+from provision.placement.fit import FitResult, Verdict, fit_model
+from provision.placement.profile import ModelEntry, Profile
+
+WHOLE = (Verdict.SINGLE_GPU, Verdict.SPLIT)
+
+
+def settings_for(entry: ModelEntry, profile: Profile) -> RunSettings:
+    quantized = entry.kv_type != KvType.F16
+    return RunSettings(
+        ctx_tokens=entry.ctx,
+        parallel=entry.parallel,
+        kv_type=entry.kv_type,
+        runtime=profile.runtime,
+        flash_attention=profile.flash_attention or quantized,
+        batch=max(entry.num_batch or 2048, 1),
+        ubatch=min(entry.num_batch or 512, 512),
+    )
+
+
+def _pinned_rig(rig: Rig, entry: ModelEntry, at: str) -> Rig:
+    if entry.gpus is None:
+        return rig
+    known = {g.index for g in rig.gpus}
+    missing = sorted(set(entry.gpus) - known)
+    if missing:
+        raise InputError(
+            f"{at}.gpus: GPU {missing[0]} is not in this rig (it has {sorted(known)})",
+            hint="pin to indices that 'provision probe' lists",
+        )
+    return replace(rig, gpus=tuple(g for g in rig.gpus if g.index in entry.gpus))
+
+
+def _with_resident(rig: Rig, placed: Sequence[FitResult]) -> Rig:
+    """The rig as the next model sees it: earlier models' footprints count as used."""
+    used: dict[int, int] = {}
+    for result in placed:
+        for share in result.shares:
+            used[share.gpu.index] = used.get(share.gpu.index, 0) + share.footprint.total_bytes
+    gpus = tuple(
+        replace(
+            g,
+            memory_used_bytes=min(
+                (g.memory_used_bytes or 0) + used.get(g.index, 0), g.memory_total_bytes
+            ),
+        )
+        for g in rig.gpus
+    )
+    return replace(rig, gpus=gpus)
+
+
+def _fit_all(
+    rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec], legacy: bool
+) -> tuple[list[tuple[int, FitResult]], bool]:
+    """Fit models largest first, each beside those already resident; (results, all resident)."""
+    order = sorted(
+        range(len(profile.models)),
+        key=lambda i: -specs[profile.models[i].ref].weight_bytes,
+    )
+    resident: list[FitResult] = []
+    results: list[tuple[int, FitResult]] = []
+    all_resident = True
+    for i in order:
+        entry = profile.models[i]
+        own_rig = _pinned_rig(rig, entry, f"models[{i}]")
+        settings = settings_for(entry, profile)
+        result = fit_model(_with_resident(own_rig, resident), specs[entry.ref], settings, legacy)
+        if result.verdict != Verdict.SINGLE_GPU:
+            # Alone on the rig it may fit one GPU: then it is never split (the runtime swaps
+            # models instead), and it never offloads what the GPUs could hold on their own.
+            alone = fit_model(own_rig, specs[entry.ref], settings, legacy)
+            if alone.verdict == Verdict.SINGLE_GPU or (
+                alone.verdict in WHOLE and result.verdict not in WHOLE
+            ):
+                result, all_resident = alone, False
+        if result.verdict != Verdict.NO_FIT:
+            resident.append(result)  # offloaded layers occupy their GPUs too
+        results.append((i, result))
+    return sorted(results, key=lambda pair: pair[0]), all_resident
+
+
+def place(rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec]) -> Placement:
+    """`specs` maps each profile model's ref to its ModelSpec (resolved by the caller)."""
+    traits = classify(rig)
+    version = rig.host.runtimes.get("ollama")
+    legacy = profile.runtime == Runtime.OLLAMA and ollama.is_legacy_ollama(version)
+    warnings = [t.reason for t in traits.warnings]
+    rig_for_models = rig
+    below = traits.get(TraitKind.BELOW_RUNTIME_FLOOR)
+    if profile.runtime == Runtime.OLLAMA and below is not None:
+        supported = tuple(g for g in rig.gpus if g.index not in below.gpus)
+        if supported:
+            # Ollama would fall back to the CPU there; on a rig of only such cards (a K80 box
+            # with a legacy build) they are all that there is, so they stay.
+            rig_for_models = replace(rig, gpus=supported)
+            left_out = ", ".join(gpu_label(g) for g in rig.gpus if g.index in below.gpus)
+            warnings.append(f"{left_out} left out of Ollama's GPUs: below its support floor")
+    fits, all_resident = _fit_all(rig_for_models, profile, specs, legacy)
+    if not profile.is_loopback:
+        warnings.append(
+            f"listening on {profile.listen.address}: the API has no authentication; anyone who "
+            "reaches this port can run and delete models (set OLLAMA_ORIGINS for browser clients)"
+        )
+    placements = [
+        _model_placement(profile, entry, specs[entry.ref], fit)
+        for entry, fit in ((profile.models[i], f) for i, f in fits)
+    ]
+    for mp in placements:
+        if not mp.placed:
+            warnings.append(
+                f"{mp.entry.ref} left out: {mp.fit.reason}; what would fit: "
+                + "; ".join(mp.fit.suggestions)
+            )
+    layout = instances.instances(rig_for_models, profile, placements, all_resident, version)
+    decided = power.decide(rig, profile)
+    warnings += layout.warnings + decided.warnings
+    return Placement(
+        profile=profile,
+        rig=rig,
+        traits=traits,
+        ollama_version=version,
+        instances=layout.instances,
+        models=layout.models,
+        power=decided.decisions,
+        balancer=layout.balancer,
+        warnings=tuple(warnings),
+        disabled_units=layout.disabled_units,
+    )
+
+
+def _model_placement(
+    profile: Profile, entry: ModelEntry, spec: ModelSpec, fit: FitResult
+) -> ModelPlacement:
+    num_gpu = None
+    if fit.verdict == Verdict.PARTIAL_OFFLOAD:
+        # num_gpu counts offloaded layers in total, the output head included (not per GPU).
+        num_gpu = sum(len(s.footprint.layers) + s.footprint.holds_output for s in fit.shares)
+    if profile.runtime == Runtime.OLLAMA:
+        name = ollama.model_name(entry.ref, entry.ctx, entry.name)
+        modelfile = paths.modelfile_path(name)
+    else:
+        name, modelfile = entry.name or entry.ref, None
+    return ModelPlacement(
+        entry=entry,
+        name=name,
+        spec=spec,
+        fit=fit,
+        settings=settings_for(entry, profile),
+        units=(),
+        modelfile_path=modelfile if fit.verdict != Verdict.NO_FIT else None,
+        num_gpu=num_gpu,
+    )

@@ -1,0 +1,84 @@
+"""Power limits from a profile: per-GPU watts or a PSU budget, clamped to NVML's range. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from provision.hardware.classify import gpu_label
+from provision.hardware.rig import Gpu, Rig
+from provision.placement.decisions import PowerDecision
+from provision.placement.profile import Profile
+
+
+@dataclass(frozen=True)
+class PowerPlan:
+    decisions: tuple[PowerDecision, ...]
+    warnings: list[str]
+
+
+def _clamp(gpu: Gpu, watts: float) -> tuple[float, str]:
+    low, high = gpu.power.min_w, gpu.power.max_w
+    if low is not None and watts < low:
+        return low, f"raised to NVML's minimum {low:g} W"
+    if high is not None and watts > high:
+        return high, f"lowered to NVML's maximum {high:g} W"
+    return watts, f"within NVML's range {low or 0:g}-{high or 0:g} W"
+
+
+def decide(rig: Rig, profile: Profile) -> PowerPlan:
+    power = profile.power
+    if power is None:
+        return PowerPlan((), [])
+    gpus = [g for g in rig.gpus if g.power.min_w is not None or g.power.max_w is not None]
+    skipped = [g for g in rig.gpus if g not in gpus]
+    warnings = [
+        f"{gpu_label(g)}: NVML reports no power range, its limit is left alone" for g in skipped
+    ]
+    if power.per_gpu_w is not None:
+        asked = {g.index: (power.per_gpu_w, f"per_gpu_w {power.per_gpu_w:g} W") for g in gpus}
+    else:
+        asked, warning = _share_budget(gpus, power.psu_w or 0, power.platform_w or 0)
+        if warning:
+            warnings.append(warning)
+    decisions = []
+    for gpu in gpus:
+        watts, why = asked[gpu.index]
+        default = gpu.power.default_w
+        if power.psu_w is not None and default is not None and watts > default:
+            # A budget caps; it never raises a card above its stock limit.
+            watts, why = (
+                default,
+                f"{why}; the budget allows more, kept at the default {default:g} W",
+            )
+        target, clamp = _clamp(gpu, watts)
+        decisions.append(
+            PowerDecision(
+                gpu.index, gpu.uuid, round(target, 1), gpu.power.default_w, f"{why}; {clamp}"
+            )
+        )
+    return PowerPlan(tuple(decisions), warnings)
+
+
+def _share_budget(
+    gpus: list[Gpu], psu_w: float, platform_w: float
+) -> tuple[dict[int, tuple[float, str]], str | None]:
+    """Split what the PSU has left after the platform in proportion to each card's default."""
+    budget = psu_w - platform_w
+    weights = {g.index: g.power.default_w or g.power.max_w or 1.0 for g in gpus}
+    total = sum(weights.values()) or 1.0
+    asked = {
+        g.index: (
+            budget * weights[g.index] / total,
+            f"{psu_w:g} W PSU - {platform_w:g} W platform = {budget:g} W shared by default "
+            f"limit ({weights[g.index]:g} of {total:g} W)",
+        )
+        for g in gpus
+    }
+    floor = sum(g.power.min_w or 0 for g in gpus)
+    warning = None
+    if floor > budget:
+        warning = (
+            f"the GPUs' minimum limits add up to {floor:g} W, above the {budget:g} W budget: "
+            "the PSU may still be overloaded at full load"
+        )
+    return asked, warning

@@ -1,0 +1,339 @@
+"""Workload profiles: which runtime, which models at which context, listen address, power.
+
+A profile is YAML, bundled (`profiles/NAME.yaml`) or a file, and may `extends:` another (the
+child's mappings merge over the parent's, lists replace). Errors name the file, the line and the
+field. Values that end up in unit files and Modelfiles are checked here so that none can carry a
+newline or a control character into them (rendering then quotes what remains).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from provision.assets import asset_dir
+from provision.errors import InputError
+from provision.models.estimate import KvType, Runtime
+from provision.typed_load import FieldError, from_plain
+
+DEFAULT_PROFILE = "ollama-auto"
+_DURATION = re.compile(r"^(-1|0|(\d+(\.\d+)?(ns|us|ms|s|m|h))+)$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    ref: str
+    ctx: int = 8192
+    parallel: int = 1
+    kv_type: KvType = KvType.F16
+    keep_alive: str = "5m"
+    num_batch: int | None = None
+    gpus: tuple[int, ...] | None = None  # pin to these GPU indices
+    name: str | None = None  # the Ollama model to create; default derived from ref and ctx
+    path: str | None = None  # GGUF file the runtime loads (llama-server)
+
+
+@dataclass(frozen=True)
+class Listen:
+    address: str = "127.0.0.1"
+    port: int = 11434
+
+
+@dataclass(frozen=True)
+class Power:
+    per_gpu_w: float | None = None
+    psu_w: float | None = None
+    platform_w: float | None = None
+
+
+@dataclass(frozen=True)
+class _ProfileData:
+    runtime: Runtime = Runtime.OLLAMA
+    models: tuple[ModelEntry, ...] = ()
+    replicas: int | str = 1  # a number of instances, or "auto": one per GPU that holds a model
+    listen: Listen = field(default_factory=Listen)
+    expose: bool = False
+    flash_attention: bool = True
+    power: Power | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Profile(_ProfileData):
+    name: str = ""
+    source: str = ""  # the file it came from (the child's, when it extends another)
+
+    @property
+    def is_loopback(self) -> bool:
+        return _is_loopback(self.listen.address)
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+# --- YAML with line numbers ---------------------------------------------------------------------
+
+
+class _LineDict(dict[str, Any]):
+    """A mapping that remembers the line of each key (1-based), for error messages."""
+
+    lines: dict[str, int]
+    line: int
+
+
+class _LineLoader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        plain = super().construct_mapping(node, deep=True)
+        mapping = _LineDict({str(key): value for key, value in plain.items()})
+        mapping.line = node.start_mark.line + 1
+        mapping.lines = {
+            str(key.value): key.start_mark.line + 1
+            for key, _ in node.value
+            if hasattr(key, "value")
+        }
+        return mapping
+
+
+def _construct_line_dict(loader: _LineLoader, node: yaml.MappingNode) -> Any:
+    return loader.construct_mapping(node)
+
+
+# SafeLoader's own map constructor copies into a plain dict; keep ours.
+_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_line_dict)
+
+
+def _line_of(data: Any, path: str) -> int | None:
+    """The line of the deepest mapping key on `path` (like `models[1].ctx`)."""
+    line = getattr(data, "line", None)
+    node = data
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        if part.startswith("["):
+            index = int(part[1:-1])
+            if not isinstance(node, list) or index >= len(node):
+                break
+            node = node[index]
+            line = getattr(node, "line", line)
+        elif isinstance(node, dict):
+            line = getattr(node, "lines", {}).get(part, line)
+            if part not in node:
+                break
+            node = node[part]
+        else:
+            break
+    return line
+
+
+# --- loading and merging ------------------------------------------------------------------------
+
+
+def bundled_names() -> list[str]:
+    folder = asset_dir("profiles")
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def _read(ref: str, relative_to: Path | None) -> tuple[str, str]:
+    """(text, source) of a profile named by file path or bundled name."""
+    candidates = [Path(ref)] if relative_to is None else [relative_to / ref, Path(ref)]
+    for path in candidates:
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            return path.read_text(encoding="utf-8"), str(path)
+    name = Path(ref).name.removesuffix(".yaml")
+    bundled = asset_dir("profiles").joinpath(f"{name}.yaml")
+    if bundled.is_file():
+        return bundled.read_text(encoding="utf-8"), f"profiles/{name}.yaml"
+    raise InputError(
+        f"profile '{ref}' not found: not a file and not a bundled profile",
+        hint=f"pass a YAML file, or one of: {', '.join(bundled_names())}",
+    )
+
+
+def _parse(text: str, source: str) -> Any:
+    try:
+        data = yaml.load(text, Loader=_LineLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise InputError(
+            f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}",
+            hint="check indentation and quoting",
+        ) from None
+    if data is None:
+        data = _LineDict()
+        data.line, data.lines = 1, {}
+    if not isinstance(data, dict):
+        raise InputError(
+            f"{source}:1: a profile must be a mapping of fields",
+            hint="see profiles/ollama-auto.yaml for an example",
+        )
+    return data
+
+
+def _merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(parent)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(parent.get(key), dict):
+            merged[key] = _merge(parent[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve_extends(data: dict[str, Any], source: str, seen: tuple[str, ...]) -> dict[str, Any]:
+    parent_ref = data.get("extends")
+    if parent_ref is None:
+        return data
+    if not isinstance(parent_ref, str):
+        raise _error(source, data, "extends", "expected a profile name or file")
+    if parent_ref in seen:
+        raise _error(source, data, "extends", f"circular: {' -> '.join((*seen, parent_ref))}")
+    here = Path(source).parent if Path(source).is_file() else None
+    text, parent_source = _read(parent_ref, here)
+    parent = _resolve_extends(_parse(text, parent_source), parent_source, (*seen, parent_ref))
+    child = {k: v for k, v in data.items() if k != "extends"}
+    return _merge({k: v for k, v in parent.items() if k != "extends"}, child)
+
+
+def _error(source: str, data: Any, path: str, problem: str, hint: str | None = None) -> InputError:
+    line = _line_of(data, path)
+    where = f"{source}:{line}" if line else source
+    return InputError(
+        f"{where}: field '{path}': {problem}",
+        hint=hint or "fix the field; see profiles/ for working examples",
+    )
+
+
+def load_profile(ref: str | None) -> Profile:
+    """Load a bundled profile by name or a profile file, resolve `extends`, validate."""
+    text, source = _read(ref or DEFAULT_PROFILE, None)
+    raw = _parse(text, source)
+    merged = _resolve_extends(raw, source, (ref or DEFAULT_PROFILE,))
+    try:
+        data = from_plain(_ProfileData, merged)
+    except FieldError as exc:
+        raise _error(source, raw, exc.path, exc.problem) from None
+    name = Path(source).name.removesuffix(".yaml")
+    profile = Profile(
+        **{f: getattr(data, f) for f in data.__dataclass_fields__}, name=name, source=source
+    )
+    problem = first_problem(profile)
+    if problem is not None:
+        path, message, hint = problem
+        raise _error(source, raw, path, message, hint)
+    return profile
+
+
+# --- checks the types cannot express ------------------------------------------------------------
+
+
+def first_problem(profile: Profile) -> tuple[str, str, str | None] | None:
+    """(field path, problem, hint) for the first invalid value, or None."""
+    checks = [
+        _check_top(profile),
+        *(_check_model(m, i) for i, m in enumerate(profile.models)),
+        _check_power(profile.power),
+    ]
+    return next((c for c in checks if c is not None), None)
+
+
+def _check_text(path: str, value: str | None) -> tuple[str, str, str | None] | None:
+    if value is not None and _CONTROL.search(value):
+        return (
+            path,
+            "contains a newline or control character, which would add a line to a "
+            "rendered unit or Modelfile",
+            "remove it: every value must be one plain line",
+        )
+    return None
+
+
+def _check_top(p: Profile) -> tuple[str, str, str | None] | None:
+    if not p.models:
+        return ("models", "at least one model is needed", "add `models: [{ref: llama3.1:8b}]`")
+    if isinstance(p.replicas, str) and p.replicas != "auto":
+        return ("replicas", f"expected a number or 'auto', got {p.replicas!r}", None)
+    if isinstance(p.replicas, int) and p.replicas < 1:
+        return ("replicas", f"must be at least 1, got {p.replicas}", None)
+    address = p.listen.address
+    problem = _check_text("listen.address", address)
+    if problem:
+        return problem
+    if not (_HOSTNAME.match(address) or _is_ip(address)):
+        return ("listen.address", f"not an IP address or host name: {address!r}", None)
+    if not 1 <= p.listen.port <= 65535:
+        return ("listen.port", f"must be 1-65535, got {p.listen.port}", None)
+    if not p.is_loopback and not p.expose:
+        return (
+            "listen.address",
+            f"{address} is not a loopback address",
+            "set `expose: true` to serve beyond this host (the API has no authentication)",
+        )
+    return None
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_model(m: ModelEntry, i: int) -> tuple[str, str, str | None] | None:
+    at = f"models[{i}]"
+    for key in ("ref", "keep_alive", "name", "path"):
+        problem = _check_text(f"{at}.{key}", getattr(m, key))
+        if problem:
+            return problem
+    if not m.ref.strip() or any(c.isspace() for c in m.ref):
+        return (f"{at}.ref", f"must be one word (a name, tag or path), got {m.ref!r}", None)
+    for key in ("ctx", "parallel", "num_batch"):
+        value = getattr(m, key)
+        if value is not None and value <= 0:
+            return (f"{at}.{key}", f"must be positive, got {value}", None)
+    if not _DURATION.match(m.keep_alive):
+        return (f"{at}.keep_alive", f"not a duration like 5m, 1h or -1: {m.keep_alive!r}", None)
+    if m.name is not None and not _MODEL_NAME.match(m.name):
+        return (f"{at}.name", f"not a valid Ollama model name: {m.name!r}", None)
+    if m.path is not None and (not m.path.startswith("/") or any(c.isspace() for c in m.path)):
+        return (f"{at}.path", f"must be an absolute path without spaces, got {m.path!r}", None)
+    if m.gpus is not None and (not m.gpus or min(m.gpus) < 0):
+        return (f"{at}.gpus", "must list GPU indices (0, 1, ...)", None)
+    return None
+
+
+def _check_power(power: Power | None) -> tuple[str, str, str | None] | None:
+    if power is None:
+        return None
+    if power.per_gpu_w is not None and power.psu_w is not None:
+        return ("power", "set either per_gpu_w or psu_w (with platform_w), not both", None)
+    if power.per_gpu_w is None and power.psu_w is None:
+        return ("power", "set per_gpu_w, or psu_w with platform_w", None)
+    if power.psu_w is not None and power.platform_w is None:
+        return (
+            "power.platform_w",
+            "needed with psu_w: the watts the rest of the box draws",
+            "e.g. platform_w: 250 for a desktop CPU, board, disks and fans",
+        )
+    for key in ("per_gpu_w", "psu_w", "platform_w"):
+        value = getattr(power, key)
+        if value is not None and value <= 0:
+            return (f"power.{key}", f"must be positive, got {value}", None)
+    if power.psu_w is not None and power.platform_w is not None and power.platform_w >= power.psu_w:
+        return ("power.platform_w", "leaves no power for the GPUs (platform_w >= psu_w)", None)
+    return None

@@ -1,1 +1,0 @@
-"""Reading the host: live probes (NVML, OS facts, runtimes) that produce a Rig snapshot."""

@@ -1,0 +1,1 @@
+"""Placement -> DesiredState: the files, units, power limits and models to create."""

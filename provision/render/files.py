@@ -1,0 +1,179 @@
+"""Placement -> DesiredState: the files, unit actions, power limits and Ollama models. Pure.
+
+Templates in `templates/` hold loops and conditionals only; every value leaves through a quoting
+filter of `provision.render.filters`, and a value that cannot be quoted safely becomes an
+InputError naming it (exit 2). Output is deterministic: files sorted by path, no timestamps and
+no reasons in the files (a reworded reason must not change a unit and restart a service; the
+reasons are in `provision plan`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from provision.assets import asset_dir
+from provision.desired import (
+    MANAGED_HEADER,
+    DesiredFile,
+    DesiredModel,
+    DesiredPower,
+    DesiredState,
+    DesiredUnit,
+)
+from provision.errors import InputError
+from provision.models.estimate import Runtime
+from provision.paths import (
+    INSTANCE_ENV_DIR,
+    LLAMA_SERVER_BIN,
+    NGINX_UNIT,
+    NVIDIA_SMI,
+    OLLAMA_BIN,
+    OLLAMA_DROPIN,
+    OLLAMA_TEMPLATE_UNIT,
+    POWER_UNIT,
+    unit_file,
+)
+from provision.placement.decisions import Balancer, Instance, ModelPlacement, Placement
+from provision.render.filters import FILTERS
+
+if TYPE_CHECKING:
+    import jinja2
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    import jinja2  # costs ~50 ms: only commands that render pay for it
+
+    folder = asset_dir("templates")
+
+    def load(name: str) -> str | None:
+        source = folder.joinpath(name)
+        return source.read_text(encoding="utf-8") if source.is_file() else None
+
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(load),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(FILTERS)
+    return env
+
+
+def _render(template: str, path: str, **context: Any) -> str:
+    try:
+        return _environment().get_template(template).render(header=MANAGED_HEADER, **context)
+    except ValueError as exc:
+        raise InputError(
+            f"cannot render {path}: {exc}",
+            hint="change that value in the profile: rendered files take only values they can quote",
+        ) from None
+
+
+def render(placement: Placement) -> DesiredState:
+    power_unit = POWER_UNIT if placement.power else None
+    files: list[DesiredFile] = []
+    units = [DesiredUnit(name, enabled=False, active=False) for name in placement.disabled_units]
+    if placement.power:
+        files.append(_power_file(placement))
+        units.append(DesiredUnit(POWER_UNIT, oneshot=True))
+    files += _instance_files(placement.instances, power_unit)
+    units += [DesiredUnit(i.unit, listen=(i.address, i.port)) for i in placement.instances]
+    if placement.balancer is not None:
+        files.append(_nginx_file(placement.balancer))
+        balancer = placement.balancer
+        units.append(DesiredUnit(NGINX_UNIT, listen=(balancer.address, balancer.port)))
+    models = [m for m in placement.models if m.modelfile_path is not None]
+    files += [_modelfile(m) for m in models]
+    return DesiredState(
+        files=tuple(sorted(files, key=lambda f: f.path)),
+        units=tuple(units),
+        power=tuple(
+            DesiredPower(p.uuid, p.target_w, p.default_w, p.reason) for p in placement.power
+        ),
+        models=tuple(
+            DesiredModel(m.name, m.modelfile_path or "", _modelfile_base(m)) for m in models
+        ),
+    )
+
+
+def _instance_files(instances: Iterable[Instance], power_unit: str | None) -> list[DesiredFile]:
+    files = []
+    replicas = []
+    for instance in instances:
+        if instance.runtime == Runtime.LLAMA_SERVER:
+            files.append(_llama_server_file(instance, power_unit))
+        elif instance.env_file is not None:
+            replicas.append(instance.unit)
+            files.append(_env_file(instance))
+        else:
+            files.append(_ollama_dropin(instance, power_unit))
+    if replicas:
+        content = _render(
+            "ollama@.service.j2",
+            OLLAMA_TEMPLATE_UNIT,
+            power_unit=power_unit,
+            ollama_bin=OLLAMA_BIN,
+            env_dir=INSTANCE_ENV_DIR,
+        )
+        files.append(DesiredFile(OLLAMA_TEMPLATE_UNIT, content, restarts=tuple(replicas)))
+    return files
+
+
+def _ollama_dropin(instance: Instance, power_unit: str | None) -> DesiredFile:
+    content = _render(
+        "ollama-dropin.conf.j2", OLLAMA_DROPIN, instance=instance, power_unit=power_unit
+    )
+    return DesiredFile(OLLAMA_DROPIN, content, restarts=(instance.unit,))
+
+
+def _env_file(instance: Instance) -> DesiredFile:
+    path = instance.env_file or ""
+    content = _render("instance-env.j2", path, instance=instance)
+    return DesiredFile(path, content, restarts=(instance.unit,))
+
+
+def _llama_server_file(instance: Instance, power_unit: str | None) -> DesiredFile:
+    path = unit_file(instance.unit)
+    content = _render(
+        "llama-server.service.j2",
+        path,
+        instance=instance,
+        power_unit=power_unit,
+        llama_server_bin=LLAMA_SERVER_BIN,
+    )
+    return DesiredFile(path, content, restarts=(instance.unit,))
+
+
+def _power_file(placement: Placement) -> DesiredFile:
+    path = unit_file(POWER_UNIT)
+    content = _render(
+        "gpu-power-limits.service.j2",
+        path,
+        power=placement.power,
+        before=[i.unit for i in placement.instances],
+        nvidia_smi=NVIDIA_SMI,
+    )
+    # Restarting the oneshot runs ExecStop (defaults back) and then ExecStart (new limits).
+    return DesiredFile(path, content, restarts=(POWER_UNIT,))
+
+
+def _nginx_file(balancer: Balancer) -> DesiredFile:
+    content = _render("nginx-ollama.conf.j2", balancer.path, balancer=balancer)
+    return DesiredFile(balancer.path, content, reloads=(NGINX_UNIT,))
+
+
+def _modelfile_base(model: ModelPlacement) -> str:
+    """What FROM names: the GGUF file when the profile gives one, else the model reference."""
+    return model.entry.path or model.entry.ref
+
+
+def _modelfile(model: ModelPlacement) -> DesiredFile:
+    path = model.modelfile_path or ""
+    content = _render("Modelfile.j2", path, model=model, base=_modelfile_base(model))
+    # No restart: a changed Modelfile is applied by `ollama create` (DesiredState.models).
+    return DesiredFile(path, content)
