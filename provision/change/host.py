@@ -8,6 +8,7 @@ offline: files and unit enablement only (`systemctl --root`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import grp
 import os
@@ -93,7 +94,8 @@ def _open_dir(host: Host, target_dir: str, create: bool) -> int:
             except FileNotFoundError:
                 if not create:
                     raise
-                os.mkdir(part, 0o755, dir_fd=fd)
+                with contextlib.suppress(FileExistsError):  # a concurrent run made it first
+                    os.mkdir(part, 0o755, dir_fd=fd)
                 child = os.open(part, _DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = child
