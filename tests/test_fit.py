@@ -1,4 +1,4 @@
-"""Fit verdicts by rule (docs/ARCHITECTURE.md §5): one GPU, split, partial offload, no fit, suggestions."""
+"""Fit verdicts by rule (docs/ARCHITECTURE.md §5): one GPU, split, offload, no fit, suggestions."""
 
 from __future__ import annotations
 

@@ -22,7 +22,8 @@ MIN_PCIE_WIDTH = 8
 LEGACY_BELOW_CC = (5, 0)
 # A card below this compute capability slows every token in a mixed rig (no bf16/fast fp16 path).
 MODERN_CC = (8, 0)
-# Ollama's support floor (docs/ARCHITECTURE.md §5): CC 5.0 with driver >= 550; CC 5.0-6.2 need >= 570.
+# Ollama's support floor (docs/ARCHITECTURE.md §5): CC 5.0 with driver >= 550; CC 5.0-6.2
+# need >= 570.
 OLLAMA_MIN_CC = (5, 0)
 OLLAMA_MIN_DRIVER = 550
 OLLAMA_OLD_CC_MAX = (6, 2)

@@ -1,8 +1,9 @@
 """Does one model fit this rig, and how: one GPU, a split, partial CPU offload, or not at all.
 
-Pure. docs/ARCHITECTURE.md §5 rules 1-3 for a single model: keep a model that fits one GPU on one GPU;
-otherwise split it over the fewest, fastest GPUs (an NVLink pair preferred); otherwise offload
-the first layers to the CPU; and when it does not fit entirely on GPUs, say what would.
+Pure. docs/ARCHITECTURE.md §5 rules 1-3 for a single model: keep a model that fits one GPU
+on one GPU; otherwise split it over the fewest, fastest GPUs (an NVLink pair preferred);
+otherwise offload the first layers to the CPU; and when it does not fit entirely on GPUs, say
+what would.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Rig + profile + model specs -> Placement: which instance runs which model where, and why.
 
-Pure. Implements docs/ARCHITECTURE.md §5: a model that fits one GPU stays on one GPU; a larger one is split
-over the fewest, fastest GPUs; throughput profiles get one Ollama per GPU behind nginx; a model
-that does not fit is left out (never rendered to OOM) with what would fit; power limits are
-clamped to NVML's range. Every decision carries its reason.
+Pure. Implements docs/ARCHITECTURE.md §5: a model that fits one GPU stays on one GPU; a larger
+one is split over the fewest, fastest GPUs; throughput profiles get one Ollama per GPU behind
+nginx; a model that does not fit is left out (never rendered to OOM) with what would fit;
+power limits are clamped to NVML's range. Every decision carries its reason.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""`provision verify`: prove that a host is what the last apply's manifest says. docs/ARCHITECTURE.md §1, §4.
+"""`provision verify`: prove that a host is what the last apply's manifest says.
+
+See docs/ARCHITECTURE.md §1 and §4.
 
 - `checks`: the manifest -> the list of checks, each with a stable id `KIND:TARGET`, and the
   pure verdicts on what a check saw (`systemctl show`, `ss`, HTTP replies);
