@@ -7,7 +7,7 @@ SAMPLE_RIG := tests/rigs/synthetic-2x3090-x16-x8.yaml
 # A scratch root holding only what Ollama's installer would have written.
 DEMO_ROOT := build/demo-root
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean templates
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check provision tests bench
 	$(BIN)/ruff format --check provision tests bench
 	$(BIN)/mypy provision
+
+# Compile templates/ ahead of time (provision/render/templates.py); rerun after editing one.
+templates: $(STAMP)
+	$(BIN)/python -m provision.render.templates
 
 bench: $(STAMP)
 	$(BIN)/python bench/probe_speed.py

@@ -9,11 +9,9 @@ reasons are in `provision plan`).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from provision.assets import asset_dir
 from provision.desired import (
     MANAGED_HEADER,
     DesiredFile,
@@ -36,37 +34,12 @@ from provision.paths import (
     unit_file,
 )
 from provision.placement.decisions import Balancer, Instance, ModelPlacement, Placement
-from provision.render.filters import FILTERS
-
-if TYPE_CHECKING:
-    import jinja2
-
-
-@functools.cache
-def _environment() -> jinja2.Environment:
-    import jinja2  # costs ~50 ms: only commands that render pay for it
-
-    folder = asset_dir("templates")
-
-    def load(name: str) -> str | None:
-        source = folder.joinpath(name)
-        return source.read_text(encoding="utf-8") if source.is_file() else None
-
-    env = jinja2.Environment(
-        loader=jinja2.FunctionLoader(load),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters.update(FILTERS)
-    return env
+from provision.render.templates import environment
 
 
 def _render(template: str, path: str, **context: Any) -> str:
     try:
-        return _environment().get_template(template).render(header=MANAGED_HEADER, **context)
+        return environment().get_template(template).render(header=MANAGED_HEADER, **context)
     except ValueError as exc:
         raise InputError(
             f"cannot render {path}: {exc}",
