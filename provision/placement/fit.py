@@ -183,7 +183,15 @@ def _partial(fitter: _Fitter, rig: Rig) -> tuple[list[GpuShare], tuple[int, ...]
     ordered = by_speed(rig.gpus)
     if not ordered:
         return None
-    for n_gpu_layers in range(fitter.spec.n_layer, 0, -1):
+    spec, total_free = fitter.spec, sum(usable_free_bytes(g) for g in ordered)
+    for n_gpu_layers in range(spec.n_layer, 0, -1):
+        # The blocks and output head offloaded need at least their weights and KV on the GPUs
+        # together: where that alone exceeds all free memory, no split can fit (and it is cheap
+        # to know, while a split is 40 rebalancing rounds).
+        blocks = range(max(spec.n_layer + 1 - n_gpu_layers, 0), spec.n_layer)
+        least = sum(spec.layer_weight_bytes[il] for il in blocks) + spec.output_bytes
+        if least + kv_bytes(spec, fitter.settings, blocks) > total_free:
+            continue
         shares = (
             fitter.split(ordered, n_gpu_layers)
             if len(ordered) > 1
@@ -200,7 +208,24 @@ def fit_model(
     rig: Rig, spec: ModelSpec, settings: RunSettings, legacy_ollama: bool = False
 ) -> FitResult:
     fitter = _Fitter(rig, spec, settings, legacy_ollama)
-    need = fitter.single(by_speed(rig.gpus)[0]).footprint.total_bytes if rig.gpus else 0
+    whole = _whole_result(fitter, rig)
+    return whole if whole is not None else _not_whole(fitter, rig, _need(fitter, rig))
+
+
+def whole_fit(
+    rig: Rig, spec: ModelSpec, settings: RunSettings, legacy_ollama: bool = False
+) -> FitResult | None:
+    """fit_model's verdict when it is single-gpu or split; None (cheaply) for anything less."""
+    return _whole_result(_Fitter(rig, spec, settings, legacy_ollama), rig)
+
+
+def _need(fitter: _Fitter, rig: Rig) -> int:
+    return fitter.single(by_speed(rig.gpus)[0]).footprint.total_bytes if rig.gpus else 0
+
+
+def _whole_result(fitter: _Fitter, rig: Rig) -> FitResult | None:
+    spec, settings = fitter.spec, fitter.settings
+    need = _need(fitter, rig)
     single = _single_gpu(fitter, rig)
     if single is not None:
         reason = (
@@ -218,7 +243,7 @@ def fit_model(
             + _split_reason(split)
         )
         return FitResult(spec, settings, Verdict.SPLIT, tuple(split), (), 0, reason)
-    return _not_whole(fitter, rig, need)
+    return None
 
 
 def _split_reason(shares: Sequence[GpuShare]) -> str:

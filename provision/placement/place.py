@@ -19,7 +19,7 @@ from provision.models.estimate import KvType, RunSettings, Runtime
 from provision.models.spec import ModelSpec
 from provision.placement import instances, power
 from provision.placement.decisions import ModelPlacement, Placement
-from provision.placement.fit import FitResult, Verdict, fit_model
+from provision.placement.fit import FitResult, Verdict, fit_model, whole_fit
 from provision.placement.profile import ModelEntry, Profile
 
 WHOLE = (Verdict.SINGLE_GPU, Verdict.SPLIT)
@@ -69,6 +69,27 @@ def _with_resident(rig: Rig, placed: Sequence[FitResult]) -> Rig:
     return replace(rig, gpus=gpus)
 
 
+def _fit_beside(
+    rig: Rig, resident: Sequence[FitResult], spec: ModelSpec, settings: RunSettings, legacy: bool
+) -> tuple[FitResult, bool]:
+    """The fit beside the models already resident, or alone; (result, resident with them).
+
+    Alone on the rig a model may fit one GPU: then it is never split (the runtime swaps models
+    instead), and it never offloads what the GPUs could hold on their own. The full fit beside
+    the others (partial offload, suggestions) is computed only when neither fits whole.
+    """
+    beside = _with_resident(rig, resident)
+    result = whole_fit(beside, spec, settings, legacy)
+    if result is not None and result.verdict == Verdict.SINGLE_GPU:
+        return result, True
+    alone = fit_model(rig, spec, settings, legacy)
+    if alone.verdict == Verdict.SINGLE_GPU or (result is None and alone.verdict in WHOLE):
+        return alone, False
+    if result is None:
+        result = fit_model(beside, spec, settings, legacy)
+    return result, True
+
+
 def _fit_all(
     rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec], legacy: bool
 ) -> tuple[list[tuple[int, FitResult]], bool]:
@@ -84,15 +105,8 @@ def _fit_all(
         entry = profile.models[i]
         own_rig = _pinned_rig(rig, entry, f"models[{i}]")
         settings = settings_for(entry, profile)
-        result = fit_model(_with_resident(own_rig, resident), specs[entry.ref], settings, legacy)
-        if result.verdict != Verdict.SINGLE_GPU:
-            # Alone on the rig it may fit one GPU: then it is never split (the runtime swaps
-            # models instead), and it never offloads what the GPUs could hold on their own.
-            alone = fit_model(own_rig, specs[entry.ref], settings, legacy)
-            if alone.verdict == Verdict.SINGLE_GPU or (
-                alone.verdict in WHOLE and result.verdict not in WHOLE
-            ):
-                result, all_resident = alone, False
+        result, resident_too = _fit_beside(own_rig, resident, specs[entry.ref], settings, legacy)
+        all_resident = all_resident and resident_too
         if result.verdict != Verdict.NO_FIT:
             resident.append(result)  # offloaded layers occupy their GPUs too
         results.append((i, result))
