@@ -38,5 +38,19 @@ def report(label: str, samples: list[float]) -> float:
     return median
 
 
+BARE = [sys.executable, "-c", "pass"]  # the interpreter's own start-up, site and venv included
+
+
 def python_startup_ms() -> float:
-    return statistics.median(time_once([sys.executable, "-c", "pass"]) for _ in range(5))
+    return statistics.median(time_once(BARE) for _ in range(5))
+
+
+def paired_ms(
+    command: list[str], runs: int, ok: tuple[int, ...] = (0,)
+) -> tuple[list[float], list[float]]:
+    """(command samples, bare start-up samples), taken in turn so both see the same machine:
+    a ratio of the two medians is steady where each median alone drifts with the load."""
+    time_once(command, ok)
+    time_once(BARE)
+    pairs = [(time_once(command, ok), time_once(BARE)) for _ in range(runs)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
