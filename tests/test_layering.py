@@ -85,7 +85,7 @@ class Import:
     target: str  # the imported module, e.g. provision.paths
     line: int
     lazy: bool  # inside a function
-    commented: bool  # a comment on (or just above) the import line: the reason it is lazy
+    commented: bool  # a comment on the line or above its block: the reason it is lazy
 
 
 def module_name(path: Path) -> str:
@@ -135,11 +135,20 @@ def imports_of(path: Path, known: Iterable[str]) -> list[Import]:
             targets = [
                 f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names
             ]
-        # The reason sits on the import line or on the comment line just above it.
-        commented = "#" in lines[node.lineno - 1] or lines[node.lineno - 2].strip().startswith("#")
+        commented = _reason_given(lines, node.lineno)
         lazy = id(node) in in_function
         found += [Import(source, t, node.lineno, lazy, commented) for t in dict.fromkeys(targets)]
     return found
+
+
+def _reason_given(lines: list[str], lineno: int) -> bool:
+    """A comment on the import line, or on the line above its block of imports."""
+    if "#" in lines[lineno - 1]:
+        return True
+    above = lineno - 2
+    while above >= 0 and lines[above].strip().startswith(("from ", "import ")):
+        above -= 1
+    return above >= 0 and lines[above].strip().startswith("#")
 
 
 def stage(module: str) -> str:
@@ -364,3 +373,9 @@ def test_environ_reader_is_found(tmp_path: Path) -> None:
     (tmp_path / "b.py").write_text("from os import getenv\n")
     (tmp_path / "c.py").write_text("import os\n\nos.path.join('a', 'b')\n")
     assert [environ_reader_line(tmp_path / n) for n in ("a.py", "b.py", "c.py")] == [5, 1, None]
+
+
+def test_a_reason_covers_its_block_of_imports_only() -> None:
+    lines = ["def f():", "    # lazy: start-up", "    import a", "    import b", "", "    import c"]
+    assert [_reason_given(lines, n) for n in (3, 4, 6)] == [True, True, False]
+    assert _reason_given(["    import d  # lazy: 30 ms"], 1)

@@ -121,6 +121,12 @@ class Plan:
         return tuple(a for a in self.actions if a.refused and not (force and a.forceable))
 
 
+def describe(action: Action) -> str:
+    """One line for people: `restart ollama.service: inputs changed: ... (detail)`."""
+    text = f"{action.kind} {action.target}: {action.reason}"
+    return f"{text} ({action.detail})" if action.detail else text
+
+
 @dataclass
 class Section:
     actions: list[Action] = field(default_factory=list)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from provision import __version__
-from provision.change.actions import Action, ActionKind, Plan
+from provision.change.actions import Action, ActionKind, Plan, describe
 from provision.change.backup import (
     Backup,
     create_backup,
@@ -130,11 +130,6 @@ def execute(
             _fail(host, backup, done, action, f"{step}", exc, report)
         done.append(action)
     return Outcome(backup.stamp, tuple(done), tuple(skipped))
-
-
-def describe(action: Action) -> str:
-    text = f"{action.kind} {action.target}: {action.reason}"
-    return f"{text} ({action.detail})" if action.detail else text
 
 
 def _refuse(plan: Plan, force: bool) -> None:

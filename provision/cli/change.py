@@ -14,18 +14,19 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from provision.change.actions import Action, Plan
-from provision.change.apply import Outcome, Settings, describe, execute, locked
-from provision.change.backup import list_backups, load_backup, rollback_plan, rolled_back
+from provision.change.actions import Action, Plan, describe
 from provision.change.host import Host
 from provision.change.observe import observe
 from provision.change.plan import make_plan
 from provision.cli.options import desired_options, json_option, load_desired, rig_options
 from provision.errors import ExitCode, HostError, InputError
+
+if TYPE_CHECKING:
+    from provision.change.apply import Outcome
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -222,6 +223,9 @@ def apply(
 
     On any failure the backup is restored and the exit status is 4.
     """
+    # lazy: the executor (sockets, locks, backups) is not needed by diff, which shares this module
+    from provision.change.apply import Settings, execute, locked
+
     desired = load_desired(rig_file, profile_ref, desired_json)
     host = Host.at(root)
     if dry_run:
@@ -288,6 +292,10 @@ def rollback(
     list_only: bool,
 ) -> None:
     """Restore the files (and unit states) from before an apply, from its backup."""
+    # lazy: as in apply, diff does not pay for the executor and the backups
+    from provision.change.apply import Settings, execute, locked
+    from provision.change.backup import list_backups, load_backup, rollback_plan, rolled_back
+
     host = Host.at(root)
     if list_only:
         stamps = {s: rolled_back(host, s) for s in list_backups(host)}
