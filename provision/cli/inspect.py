@@ -1,7 +1,7 @@
-"""`provision probe`, `fit`, `models` and `plan`: the commands that look and decide.
+"""`provision fit`, `models` and `plan`: the commands that decide, and change nothing.
 
-None of them changes the host. Each reads the rig (a recorded snapshot, or NVML), and prints
-text for people or one JSON document with `--json`.
+Each reads the rig (a recorded snapshot, or NVML) and prints text for people, or one JSON
+document with `--json`.
 """
 
 from __future__ import annotations
@@ -14,49 +14,13 @@ import click
 
 from provision import ollama
 from provision.cli.options import json_option, profile_option, read_rig, rig_options
-from provision.cli.report import (
-    fit_text,
-    fit_to_plain,
-    placement_text,
-    placement_to_plain,
-    probe_report,
-)
-from provision.errors import HostError, InputError
-from provision.hardware.classify import classify
-from provision.hardware.rig import rig_to_plain, save_rig
+from provision.cli.report import fit_text, fit_to_plain, placement_text, placement_to_plain
+from provision.errors import InputError
 from provision.models import catalog
 from provision.models.estimate import KvType, RunSettings, Runtime
 from provision.models.refs import resolve
 from provision.pipeline import desired_state
 from provision.placement.fit import fit_model
-from provision.typed_load import to_plain
-
-
-@click.command()
-@rig_options
-@json_option
-@click.option(
-    "--save",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the snapshot to FILE (.json for JSON, YAML otherwise).",
-)
-def probe(rig_file: Path | None, root: Path, as_json: bool, save: Path | None) -> None:
-    """Read every GPU and the host, and classify the rig."""
-    rig = read_rig(rig_file)
-    traits = classify(rig)
-    if save is not None:
-        try:
-            save_rig(rig, save)
-        except OSError as exc:
-            raise HostError(f"{save}: cannot write snapshot: {exc.strerror}") from None
-    if as_json:
-        document = rig_to_plain(rig)
-        document["traits"] = to_plain(traits.traits)
-        click.echo(json.dumps(document, indent=2))
-    elif save is None:
-        click.echo(probe_report(rig, traits))
-    else:
-        click.echo(f"saved {len(rig.gpus)} GPU(s) to {save}")
 
 
 @click.command()

@@ -1,9 +1,9 @@
 """The `provision` command: the group, the error mapping and `main()`.
 
-Each command lives in the module of its family (inspect, change, verify) and is loaded only when
-it runs: `provision probe --rig` must not pay for pytest (verify) or the change engine, nor
-`provision verify` for placement. That is click's documented lazy-loading pattern, and the only
-place where the CLI defers an import.
+Each command lives in the module of its family (probe, inspect, change, verify) and is loaded
+only when it runs: `provision probe --rig` must not pay for placement, pytest (verify) or the
+change engine, nor `provision verify` for placement. That is click's documented lazy-loading
+pattern, and the CLI's only deferred imports besides the executor in `apply` and `rollback`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from provision.errors import ExitCode, ProvisionError
 
 # command name -> (module, function): in the order `provision --help` lists them.
 COMMANDS = {
-    "probe": ("provision.cli.inspect", "probe"),
+    "probe": ("provision.cli.probe", "probe"),
     "fit": ("provision.cli.inspect", "fit"),
     "models": ("provision.cli.inspect", "models"),
     "plan": ("provision.cli.inspect", "plan"),

@@ -7,15 +7,17 @@ in provision.cli.main print them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from provision.desired import DesiredState
 from provision.hardware.classify import RigTraits, Severity, normalize_bus_id, short_name
 from provision.hardware.rig import Gpu, Rig
-from provision.placement.decisions import Placement
-from provision.placement.fit import FitResult, usable_free_bytes
 from provision.typed_load import to_plain
 from provision.units import gib
+
+if TYPE_CHECKING:
+    from provision.desired import DesiredState
+    from provision.placement.decisions import Placement
+    from provision.placement.fit import FitResult
 
 _HEADERS = ("#", "NAME", "VRAM", "USED", "CC", "PCIE NOW/MAX", "NVLINK PEERS", "POWER", "DISPLAY")
 
@@ -277,6 +279,8 @@ def placement_to_plain(placement: Placement, desired: DesiredState) -> dict[str,
 
 
 def _gpu_bars(placement: Placement) -> list[str]:
+    from provision.placement.fit import usable_free_bytes  # lazy: `probe` needs no placement
+
     totals: dict[int, list[int]] = {g.index: [0, 0, 0, 0] for g in placement.rig.gpus}
     index_by_uuid = {g.uuid: g.index for g in placement.rig.gpus}
     for model in placement.models:
