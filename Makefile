@@ -30,7 +30,7 @@ demo: $(STAMP)
 test: $(STAMP) system-deps lint
 	GPU_PROVISION_SYSTEM_TESTS=require $(BIN)/pytest
 	$(BIN)/python bench/probe_speed.py --runs 7 --bound-ms 1000
-	$(BIN)/python bench/diff_speed.py --runs 5 --no-ansible --bound-ms 1500
+	$(BIN)/python bench/diff_speed.py --runs 5 --series-runs 3 --no-ansible --bound-ms 1500 --bound-ratio 16
 
 lint: $(STAMP)
 	$(BIN)/ruff check provision tests bench
@@ -44,6 +44,7 @@ templates: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/probe_speed.py
 	$(BIN)/python bench/diff_speed.py
+	$(BIN)/python bench/import_breakdown.py
 	$(BIN)/python bench/estimate_accuracy.py
 
 clean:
