@@ -201,3 +201,29 @@ def test_partial_offload_sets_num_gpu_and_ngl() -> None:
     args = list(plan.instances[0].args)
     layers_on_gpu = len(model.fit.shares[0].footprint.layers) + 1  # + the output head
     assert args[args.index("-ngl") + 1] == str(layers_on_gpu) == str(model.num_gpu)
+
+
+def test_ollama_parallel_is_server_wide_so_every_model_is_estimated_with_the_widest(
+    tmp_path: Path,
+) -> None:
+    """A model planned at parallel 1 under OLLAMA_NUM_PARALLEL=4 allocates four streams."""
+    text = "models: [{ref: llama3.1:8b, parallel: 1}, {ref: qwen2.5:7b, parallel: 4}]\n"
+    plan = _place("synthetic-2x3090-x16-x8", _profile(tmp_path, text))
+    assert [m.settings.parallel for m in plan.models] == [4, 4]
+    assert [m.fit.settings.parallel for m in plan.models] == [4, 4]
+    assert _env(plan)["OLLAMA_NUM_PARALLEL"] == "4"
+    assert any("OLLAMA_NUM_PARALLEL is server-wide" in w for w in plan.warnings)
+    alone = _place("synthetic-2x3090-x16-x8", _profile(tmp_path, "models: [{ref: llama3.1:8b}]\n"))
+    kv = [s.footprint.kv_bytes for m in (plan.models[0], alone.models[0]) for s in m.fit.shares]
+    assert kv[0] == 4 * kv[1]  # the 8B's cache holds four streams of 8192 cells, not one
+
+
+def test_llama_server_keeps_each_models_own_parallel(tmp_path: Path) -> None:
+    text = (
+        "runtime: llama-server\nmodels:\n"
+        "  - {ref: llama3.1:8b, parallel: 1, path: /srv/a.gguf}\n"
+        "  - {ref: qwen2.5:7b, parallel: 4, path: /srv/b.gguf}\n"
+    )
+    plan = _place("synthetic-2x3090-x16-x8", _profile(tmp_path, text))
+    assert [m.settings.parallel for m in plan.models] == [1, 4]
+    assert not any("server-wide" in w for w in plan.warnings)

@@ -44,6 +44,11 @@ def instances(
     return _ollama_single(rig, profile, placements, all_resident, ollama_version)
 
 
+def server_parallel(profile: Profile) -> int:
+    """OLLAMA_NUM_PARALLEL: one value for the whole server, the largest any model asks for."""
+    return max((m.parallel for m in profile.models), default=1)
+
+
 def _placed(placements: Sequence[ModelPlacement]) -> list[ModelPlacement]:
     return [p for p in placements if p.placed]
 
@@ -58,7 +63,7 @@ def _common_ollama_env(profile: Profile, placed: Sequence[ModelPlacement]) -> li
         )
     env = [
         ("OLLAMA_CONTEXT_LENGTH", str(max(e.ctx for e in entries))),
-        ("OLLAMA_NUM_PARALLEL", str(max(e.parallel for e in entries))),
+        ("OLLAMA_NUM_PARALLEL", str(server_parallel(profile))),
         ("OLLAMA_KEEP_ALIVE", max((e.keep_alive for e in entries), key=ollama.duration_rank)),
     ]
     kv = kv_types.pop()

@@ -20,16 +20,20 @@ from provision.models.spec import ModelSpec
 from provision.placement import instances, power
 from provision.placement.decisions import ModelPlacement, Placement
 from provision.placement.fit import FitResult, Verdict, fit_model, whole_fit
+from provision.placement.instances import server_parallel
 from provision.placement.profile import ModelEntry, Profile
 
 WHOLE = (Verdict.SINGLE_GPU, Verdict.SPLIT)
 
 
 def settings_for(entry: ModelEntry, profile: Profile) -> RunSettings:
+    """The settings the runtime will really use for this model. Ollama's parallelism is
+    server-wide: a model asking for 1 stream under OLLAMA_NUM_PARALLEL=4 allocates 4."""
     quantized = entry.kv_type != KvType.F16
+    ollama = profile.runtime == Runtime.OLLAMA
     return RunSettings(
         ctx_tokens=entry.ctx,
-        parallel=entry.parallel,
+        parallel=server_parallel(profile) if ollama else entry.parallel,
         kv_type=entry.kv_type,
         runtime=profile.runtime,
         flash_attention=profile.flash_attention or quantized,
@@ -130,6 +134,7 @@ def place(rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec]) -> Placeme
             left_out = ", ".join(gpu_label(g) for g in rig.gpus if g.index in below.gpus)
             warnings.append(f"{left_out} left out of Ollama's GPUs: below its support floor")
     fits, all_resident = _fit_all(rig_for_models, profile, specs, legacy)
+    warnings += _parallel_warnings(profile)
     if not profile.is_loopback:
         warnings.append(
             f"listening on {profile.listen.address}: the API has no authentication; anyone who "
@@ -160,6 +165,18 @@ def place(rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec]) -> Placeme
         warnings=tuple(warnings),
         disabled_units=layout.disabled_units,
     )
+
+
+def _parallel_warnings(profile: Profile) -> list[str]:
+    asked = sorted({m.parallel for m in profile.models})
+    if profile.runtime != Runtime.OLLAMA or len(asked) < 2:
+        return []
+    widest = server_parallel(profile)
+    return [
+        f"models ask for parallel {', '.join(map(str, asked))}, but Ollama's OLLAMA_NUM_PARALLEL "
+        f"is server-wide: every model is estimated and served with {widest} streams (give "
+        "them one value, or run them with runtime: llama-server)"
+    ]
 
 
 def _model_placement(
