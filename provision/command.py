@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import shlex
-import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,10 +70,10 @@ def run(argv: Sequence[str], timeout_s: float = 10) -> CompletedCommand:
     """
     argv = tuple(argv)
     log.debug("run: %s", shlex.join(argv))
-    if shutil.which(argv[0]) is None:
-        return CompletedCommand(argv, EXIT_NOT_FOUND, "", f"command not found: {argv[0]}")
     try:
         finished = subprocess.run(argv, capture_output=True, timeout=timeout_s, check=False)
+    except FileNotFoundError:  # exec found no such program on PATH: no shutil.which walk first
+        return CompletedCommand(argv, EXIT_NOT_FOUND, "", f"command not found: {argv[0]}")
     except subprocess.TimeoutExpired:
         stderr = f"no result after {timeout_s:g} s"
         return CompletedCommand(argv, EXIT_TIMED_OUT, "", stderr, timed_out=True)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from typing import Any
 
 import yaml
 
+from provision.assets import data_file
 from provision.models.spec import KNOWN_KV_ARCHS, SWA_PATTERN_BY_ARCH, ModelSpec, swa_layers
 
 # Bits per weight of (token_embd, output.weight) in llama.cpp's quant mixes (llama-quant.cpp):
@@ -53,7 +53,7 @@ class QuantVariant:
 
 @cache
 def _data() -> dict[str, Any]:
-    text = resources.files("provision").joinpath("data", "catalog.yaml").read_text("utf-8")
+    text = data_file("catalog.yaml").read_text("utf-8")
     # libyaml's loader parses the catalog in ~12 ms instead of ~100 ms.
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     data: dict[str, Any] = yaml.load(text, Loader=loader)
