@@ -32,13 +32,11 @@ EXPECTED: dict[str, dict[K, tuple[int, ...]]] = {
     "synthetic-3090-1080ti-driver560": {
         K.ASYMMETRIC_VRAM: (0, 1),
         K.MIXED_COMPUTE: (0, 1),
-        K.NARROW_PCIE: (1,),
         K.BELOW_RUNTIME_FLOOR: (1,),
     },
     "synthetic-4x3090-x4-riser": {K.SYMMETRIC: (0, 1, 2, 3), K.NARROW_PCIE: (3,)},
     "synthetic-2xk80": {
         K.SYMMETRIC: (0, 1, 2, 3),
-        K.NARROW_PCIE: (0, 1, 2, 3),
         K.LEGACY_GPU: (0, 1, 2, 3),
         K.BELOW_RUNTIME_FLOOR: (0, 1, 2, 3),
     },
@@ -135,3 +133,26 @@ def test_unknown_driver_judges_compute_capability_only() -> None:
     pascal = load_named_rig("synthetic-3090-1080ti-driver560")
     unknown = replace(pascal, host=replace(pascal.host, driver_version=None))
     assert not classify(unknown).has(K.BELOW_RUNTIME_FLOOR)
+
+
+@pytest.mark.parametrize(
+    ("gen", "width", "narrow"),
+    [
+        (3, 16, False),  # the case: PCIe 3.0 x16 moves as much as 4.0 x8
+        (4, 8, False),
+        (5, 4, False),  # a gen 5 x4 link matches 4.0 x8 as well
+        (4, 16, False),
+        (3, 8, True),
+        (4, 4, True),  # x4 riser
+        (3, 4, True),
+        (2, 16, True),
+        (None, 4, True),  # unknown generation: taken as gen 4
+        (3, None, False),  # unknown width: taken as x16
+    ],
+)
+def test_narrow_pcie_compares_bandwidth(gen: int | None, width: int | None, narrow: bool) -> None:
+    rig = load_named_rig("synthetic-2x3090-x16-x8")
+    first = rig.gpus[0]
+    slow = replace(first, pcie=replace(first.pcie, gen_max=gen, width_max=width))
+    fired = classify(replace(rig, gpus=(slow, *rig.gpus[1:]))).get(K.NARROW_PCIE)
+    assert (fired is not None and 0 in fired.gpus) == narrow

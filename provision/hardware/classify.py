@@ -19,6 +19,9 @@ VRAM_TOLERANCE = 1.02
 # Layer split across a link below this loses 30-40% throughput (docs/ARCHITECTURE.md §5).
 MIN_PCIE_GEN = 4
 MIN_PCIE_WIDTH = 8
+# Usable GB/s per lane by PCIe generation (8b/10b coding up to gen 2, 128b/130b from gen 3):
+# a link is as fast as gen x width, so 3.0 x16 matches 4.0 x8 and only a slower one is narrow.
+PCIE_LANE_GBPS = {1: 0.25, 2: 0.5, 3: 0.985, 4: 1.969, 5: 3.938, 6: 7.563}
 LEGACY_BELOW_CC = (5, 0)
 # A card below this compute capability slows every token in a mixed rig (no bf16/fast fp16 path).
 MODERN_CC = (8, 0)
@@ -225,20 +228,31 @@ def _link_text(gen: int | None, width: int | None) -> str:
     return f"PCIe {gen or '?'}.0 x{width or '?'}"
 
 
+def link_gbps(gen: int, width: int) -> float:
+    """Usable bandwidth of a PCIe link in GB/s, one direction."""
+    return PCIE_LANE_GBPS.get(gen, PCIE_LANE_GBPS[max(PCIE_LANE_GBPS)]) * width
+
+
+def _max_link_gbps(gpu: Gpu) -> float | None:
+    """What card and slot allow together; an unknown generation is taken as gen 4, an unknown
+    width as x16 (a reading NVML did not give must not raise a warning by itself)."""
+    gen, width = gpu.pcie.gen_max, gpu.pcie.width_max
+    if gen is None and width is None:
+        return None
+    return link_gbps(gen or MIN_PCIE_GEN, width or 16)
+
+
 def _narrow_pcie(gpus: Sequence[Gpu]) -> Trait | None:
-    narrow = [
-        g
-        for g in gpus
-        if (g.pcie.width_max is not None and g.pcie.width_max < MIN_PCIE_WIDTH)
-        or (g.pcie.gen_max is not None and g.pcie.gen_max < MIN_PCIE_GEN)
-    ]
+    floor = link_gbps(MIN_PCIE_GEN, MIN_PCIE_WIDTH)
+    narrow = [g for g in gpus if (bw := _max_link_gbps(g)) is not None and bw < floor]
     if not narrow:
         return None
     links = ", ".join(
         f"{gpu_label(g)} at most {_link_text(g.pcie.gen_max, g.pcie.width_max)}" for g in narrow
     )
     reason = (
-        f"narrow PCIe link: {links} (below gen {MIN_PCIE_GEN} or below x{MIN_PCIE_WIDTH}); "
+        f"narrow PCIe link: {links} (below the {floor:.1f} GB/s of gen {MIN_PCIE_GEN} "
+        f"x{MIN_PCIE_WIDTH}); "
         "a split across such a link has shown 30-40% lower throughput, so keep models "
         "that fit one card off it"
     )
