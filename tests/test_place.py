@@ -170,6 +170,16 @@ def test_exposed_listen_address_warns(tmp_path: Path) -> None:
     assert _env(plan)["OLLAMA_HOST"] == "0.0.0.0:11434"
 
 
+def test_exposed_llama_server_warns_about_its_api_key_not_ollamas_settings(tmp_path: Path) -> None:
+    text = (
+        "runtime: llama-server\nexpose: true\nlisten: {address: 0.0.0.0, port: 8080}\n"
+        "models: [{ref: llama3.1:8b, path: /srv/models/llama.gguf}]\n"
+    )
+    plan = _place("synthetic-1x4090", _profile(tmp_path, text))
+    (warning,) = [w for w in plan.warnings if w.startswith("listening on 0.0.0.0")]
+    assert "--api-key" in warning and "OLLAMA" not in warning
+
+
 def test_pinned_model_stays_on_its_gpus(tmp_path: Path) -> None:
     plan = _place(
         "synthetic-2x3090-x16-x8", _profile(tmp_path, "models: [{ref: llama3.1:8b, gpus: [1]}]\n")

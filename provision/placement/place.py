@@ -136,10 +136,7 @@ def place(rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec]) -> Placeme
     fits, all_resident = _fit_all(rig_for_models, profile, specs, legacy)
     warnings += _parallel_warnings(profile)
     if not profile.is_loopback:
-        warnings.append(
-            f"listening on {profile.listen.address}: the API has no authentication; anyone who "
-            "reaches this port can run and delete models (set OLLAMA_ORIGINS for browser clients)"
-        )
+        warnings.append(_exposure_warning(profile))
     placements = [
         _model_placement(profile, entry, specs[entry.ref], fit)
         for entry, fit in ((profile.models[i], f) for i, f in fits)
@@ -164,6 +161,21 @@ def place(rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec]) -> Placeme
         balancer=layout.balancer,
         warnings=tuple(warnings),
         disabled_units=layout.disabled_units,
+    )
+
+
+def _exposure_warning(profile: Profile) -> str:
+    where = f"listening on {profile.listen.address}"
+    if profile.runtime == Runtime.LLAMA_SERVER:
+        # llama-server checks a key only when it is given one (--api-key or --api-key-file).
+        return (
+            f"{where}: llama-server answers anyone who reaches the port unless it is started "
+            "with --api-key (or --api-key-file); keep it on loopback or put a proxy with "
+            "authentication in front"
+        )
+    return (
+        f"{where}: the API has no authentication; anyone who reaches this port can run and "
+        "delete models (set OLLAMA_ORIGINS for browser clients)"
     )
 
 
