@@ -129,12 +129,15 @@ def describe(action: Action) -> str:
 
 @dataclass
 class Section:
+    """One part of a plan being built: the host's mode is set once, for every action in it."""
+
+    live: bool  # a live host: LIVE_ONLY actions run; offline they are recorded as skipped
     actions: list[Action] = field(default_factory=list)
     noops: list[Action] = field(default_factory=list)
     diffs: list[FileDiff] = field(default_factory=list)
 
-    def act(self, kind: ActionKind, target: str, reason: str, live: bool, **kwargs: Any) -> None:
-        offline = kind in LIVE_ONLY and not live
+    def act(self, kind: ActionKind, target: str, reason: str, **kwargs: Any) -> None:
+        offline = kind in LIVE_ONLY and not self.live
         self.actions.append(Action(kind, target, reason, skipped_offline=offline, **kwargs))
 
     def noop(self, target: str, reason: str) -> None:

@@ -89,7 +89,7 @@ def _previous_files(manifest: Mapping[str, Any] | None) -> dict[str, Mapping[str
 def _plan_files(
     desired: DesiredState, observed: Observed, previous: Mapping[str, Mapping[str, Any]]
 ) -> Section:
-    section = Section()
+    section = Section(observed.live)
     wanted = {f.path for f in desired.files}
     for desired_file in sorted(desired.files, key=lambda f: f.path):
         _plan_file(section, desired_file, observed.files[desired_file.path], previous)
@@ -108,10 +108,10 @@ def _plan_file(
     if have.kind in ("symlink", "other"):
         what = "a symlink" if have.kind == "symlink" else "not a regular file"
         refused = f"{have.path} is {what}{have.note}: provision never writes through it"
-        section.act(ActionKind.WRITE_FILE, want.path, "target is in the way", True, refused=refused)
+        section.act(ActionKind.WRITE_FILE, want.path, "target is in the way", refused=refused)
         return
     if have.kind == "missing":
-        section.act(ActionKind.WRITE_FILE, want.path, "missing", True, file=want)
+        section.act(ActionKind.WRITE_FILE, want.path, "missing", file=want)
         section.diffs.append(FileDiff(want.path, unified(want.path, None, data)))
         return
     changes = _attribute_changes(want, data, have)
@@ -126,7 +126,6 @@ def _plan_file(
         ActionKind.WRITE_FILE,
         want.path,
         reason,
-        True,
         detail=detail,
         refused=refused,
         forceable=True,
@@ -163,9 +162,7 @@ def _plan_removal(section: Section, have: ObservedFile, recorded: Mapping[str, A
     elif have.kind != "file":
         section.noop(have.path, f"no longer wanted, but {have.kind}{have.note}: left alone")
     elif carries_header(have.data) or sha256(have.data) == recorded.get("sha256"):
-        section.act(
-            ActionKind.REMOVE_FILE, have.path, "no longer wanted (listed in the manifest)", True
-        )
+        section.act(ActionKind.REMOVE_FILE, have.path, "no longer wanted (listed in the manifest)")
         section.diffs.append(FileDiff(have.path, unified(have.path, have.data, None)))
     else:
         section.noop(have.path, "no longer wanted, but edited by hand without the header: left")
@@ -199,12 +196,12 @@ def _dirty_paths(
 
 
 def _plan_daemon_reload(dirty: set[str], observed: Observed) -> Section:
-    section = Section()
+    section = Section(observed.live)
     unit_files = sorted(p for p in dirty if p.startswith(SYSTEMD_DIR + "/"))
     stale = sorted(u.name for u in observed.units.values() if u.needs_daemon_reload)
     if unit_files or stale:
         reason = "changed: " + ", ".join(unit_files or stale)
-        section.act(ActionKind.DAEMON_RELOAD, "systemd", reason, observed.live)
+        section.act(ActionKind.DAEMON_RELOAD, "systemd", reason)
     else:
         section.noop("systemd", "no unit file or drop-in changed: no daemon-reload")
     return section
@@ -223,17 +220,17 @@ def _missing_unit(unit: str, desired: DesiredState, observed: Observed) -> str:
 
 
 def _plan_enable(desired: DesiredState, observed: Observed) -> Section:
-    section = Section()
+    section = Section(observed.live)
     for unit in desired.units:
         state = observed.units[unit.name].enabled
         missing = _missing_unit(unit.name, desired, observed)
         if unit.enabled and state == "masked":
             refused = f"{unit.name} is masked: unmask it deliberately first"
-            section.act(ActionKind.ENABLE, unit.name, "masked", True, refused=refused)
+            section.act(ActionKind.ENABLE, unit.name, "masked", refused=refused)
         elif unit.enabled and state not in ENABLED_STATES:
-            section.act(ActionKind.ENABLE, unit.name, f"is {state}", True, refused=missing)
+            section.act(ActionKind.ENABLE, unit.name, f"is {state}", refused=missing)
         elif not unit.enabled and state in ENABLED_BY_US:
-            section.act(ActionKind.DISABLE, unit.name, f"is {state}, wanted disabled", True)
+            section.act(ActionKind.DISABLE, unit.name, f"is {state}, wanted disabled")
         else:
             section.noop(unit.name, f"is {state}, as wanted")
     return section
@@ -245,20 +242,20 @@ def _recorded_units(observed: Observed) -> list[str]:
 
 def _plan_obsolete_units(desired: DesiredState, observed: Observed) -> Section:
     """Units the last apply managed that the desired state no longer has: stop, then disable."""
-    section = Section()
+    section = Section(observed.live)
     wanted = {u.name for u in desired.units}
     for name in sorted(set(_recorded_units(observed)) - wanted):
         seen = observed.units[name]
         if seen.active in RUNNING_STATES:
-            section.act(ActionKind.STOP, name, "no longer wanted (listed in the manifest)", True)
+            section.act(ActionKind.STOP, name, "no longer wanted (listed in the manifest)")
         if seen.enabled in ENABLED_BY_US:
-            section.act(ActionKind.DISABLE, name, "no longer wanted (listed in the manifest)", True)
+            section.act(ActionKind.DISABLE, name, "no longer wanted (listed in the manifest)")
         else:
             section.noop(name, f"no longer wanted and {seen.enabled}")
     for unit in desired.units:
         seen = observed.units[unit.name]
         if not unit.active and seen.active in RUNNING_STATES:
-            section.act(ActionKind.STOP, unit.name, f"is {seen.active}, wanted stopped", True)
+            section.act(ActionKind.STOP, unit.name, f"is {seen.active}, wanted stopped")
     return section
 
 
@@ -290,7 +287,7 @@ def _plan_restarts(
     dirty: set[str],
     previous: Mapping[str, Mapping[str, Any]],
 ) -> Section:
-    section = Section()
+    section = Section(observed.live)
     restarts, reloads = _inputs(desired, dirty, previous)
     units = {u.name: u for u in desired.units}
     # Units the last apply managed and this one drops are stopped, not restarted.
@@ -298,43 +295,44 @@ def _plan_restarts(
     order = [u.name for u in desired.units] + sorted(set(restarts) - set(units) - dropped)
     restarted = set()
     for name in order:
-        reason = _restart_reason(units.get(name), observed.units.get(name), restarts.get(name))
-        if reason is None:
+        verdict = _restart_verdict(units.get(name), observed.units.get(name), restarts.get(name))
+        if verdict is None:
             continue
-        if reason.startswith("ok:"):
-            section.noop(name, reason[3:].strip())
+        needed, reason = verdict
+        if not needed:
+            section.noop(name, reason)
             continue
         missing = _missing_unit(name, desired, observed)
-        section.act(ActionKind.RESTART, name, reason, observed.live, refused=missing)
+        section.act(ActionKind.RESTART, name, reason, refused=missing)
         restarted.add(name)
     for name in sorted(set(reloads) - dropped):
         if name in restarted:
             section.noop(name, "reload not needed: restarted anyway")
         elif units.get(name) is None or units[name].active:
             reason = "inputs changed: " + ", ".join(reloads[name])
-            section.act(ActionKind.RELOAD, name, reason, observed.live)
+            section.act(ActionKind.RELOAD, name, reason)
     return section
 
 
-def _restart_reason(
+def _restart_verdict(
     unit: DesiredUnit | None, seen: ObservedUnit | None, inputs: list[str] | None
-) -> str | None:
-    """The reason to restart, "ok: why not" for a no-op, or None when there is nothing to say."""
+) -> tuple[bool, str] | None:
+    """(restart needed, why) for the unit; None when there is nothing to say about it."""
     if unit is not None and not unit.active:
         return None
     if inputs:
-        return "inputs changed: " + ", ".join(inputs)
+        return True, "inputs changed: " + ", ".join(inputs)
     if unit is None:
         return None
     if seen is None or seen.active is None:
-        return "ok: offline: active state not read; inputs unchanged"
+        return False, "offline: active state not read; inputs unchanged"
     if seen.active == "active" or (unit.oneshot and seen.ran_ok):
-        return f"ok: {seen.active}; inputs unchanged"
-    return f"is {seen.active}"
+        return False, f"{seen.active}; inputs unchanged"
+    return True, f"is {seen.active}"
 
 
 def _plan_power(desired: DesiredState, observed: Observed) -> Section:
-    section = Section()
+    section = Section(observed.live)
     recorded = (observed.manifest or {}).get("power", ())
     wanted = {p.uuid for p in desired.power}
     targets = [(p.uuid, p.target_w, p.reason) for p in desired.power]
@@ -356,7 +354,6 @@ def _plan_power(desired: DesiredState, observed: Observed) -> Section:
             ActionKind.SET_POWER,
             uuid,
             reason,
-            observed.live,
             detail=detail,
             watts=target_w,
             refused=refused,
@@ -365,7 +362,7 @@ def _plan_power(desired: DesiredState, observed: Observed) -> Section:
 
 
 def _plan_models(desired: DesiredState, observed: Observed, dirty: set[str]) -> Section:
-    section = Section()
+    section = Section(observed.live)
     have = observed.ollama_models
     for model in desired.models:
         name = normalize_model(model.name)
@@ -375,7 +372,7 @@ def _plan_models(desired: DesiredState, observed: Observed, dirty: set[str]) -> 
             and normalize_model(model.base) not in have
         )
         if base_missing:
-            section.act(ActionKind.PULL_MODEL, model.base, f"base of {model.name} is missing", True)
+            section.act(ActionKind.PULL_MODEL, model.base, f"base of {model.name} is missing")
         if model.modelfile_path in dirty:
             reason = f"Modelfile changed: {model.modelfile_path}"
         elif have is not None and name not in have:
@@ -386,19 +383,17 @@ def _plan_models(desired: DesiredState, observed: Observed, dirty: set[str]) -> 
             why = "exists" if have is not None else "offline: not asked whether it exists"
             section.noop(model.name, f"{why}; Modelfile unchanged")
             continue
-        section.act(
-            ActionKind.CREATE_MODEL, model.name, reason, observed.live, source=model.modelfile_path
-        )
+        section.act(ActionKind.CREATE_MODEL, model.name, reason, source=model.modelfile_path)
     return section
 
 
 def _plan_manifest(manifest: dict[str, Any], observed: Observed) -> Section:
-    section = Section()
+    section = Section(observed.live)
     if comparable(observed.manifest) == manifest:
         section.noop(MANIFEST_PATH, "records this desired state already")
     else:
         why = "absent" if observed.manifest is None else "records another state"
-        section.act(ActionKind.WRITE_MANIFEST, MANIFEST_PATH, f"{why}; written last", True)
+        section.act(ActionKind.WRITE_MANIFEST, MANIFEST_PATH, f"{why}; written last")
     return section
 
 

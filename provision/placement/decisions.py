@@ -13,7 +13,7 @@ from provision.placement.fit import FitResult, Verdict
 from provision.placement.profile import ModelEntry, Profile
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Instance:
     runtime: Runtime
     unit: str

@@ -110,10 +110,15 @@ def _ollama_single(
             env.append(("LLAMA_ARG_TENSOR_SPLIT", tensor_split))
             reasons.append(f"explicit split {tensor_split} for {split[0].entry.ref}")
     instance = Instance(
-        Runtime.OLLAMA, paths.OLLAMA_UNIT, listen.address, listen.port,
-        tuple(g.uuid for g in gpus), tuple(env), "; ".join(reasons),
+        runtime=Runtime.OLLAMA,
+        unit=paths.OLLAMA_UNIT,
+        address=listen.address,
+        port=listen.port,
+        gpu_uuids=tuple(g.uuid for g in gpus),
+        env=tuple(env),
+        reason="; ".join(reasons),
         models=tuple(p.name for p in placed),
-    )  # fmt: skip
+    )
     models = tuple(replace(p, units=(paths.OLLAMA_UNIT,) if p.placed else ()) for p in placements)
     return Layout((instance,), models, None, warnings)
 
@@ -198,11 +203,18 @@ def _ollama_replicas(
             f"replica {n} of {len(gpus)} on {gpu_label(gpu)}: every model fits this GPU "
             "alone; models are stored once and shared"
         )
-        created.append(Instance(
-            Runtime.OLLAMA, paths.replica_unit(n), "127.0.0.1", port, (gpu.uuid,), tuple(env),
-            reason, env_file=paths.replica_env_file(n),
+        replica = Instance(
+            runtime=Runtime.OLLAMA,
+            unit=paths.replica_unit(n),
+            address="127.0.0.1",
+            port=port,
+            gpu_uuids=(gpu.uuid,),
+            env=tuple(env),
+            reason=reason,
+            env_file=paths.replica_env_file(n),
             models=tuple(p.name for p in placements),
-        ))  # fmt: skip
+        )
+        created.append(replica)
     balancer = Balancer(listen.address, listen.port, tuple((i.address, i.port) for i in created))
     units = tuple(i.unit for i in created)
     models = tuple(replace(p, units=units) for p in placements)
@@ -251,10 +263,18 @@ def _llama_server(profile: Profile, p: ModelPlacement, position: int) -> Instanc
         args += ["-sm", "layer", "-ts", ",".join(str(_layer_units(sh)) for sh in shares)]
     else:
         args += ["-sm", "none"]
-    env = (("CUDA_VISIBLE_DEVICES", ",".join(sh.gpu.uuid for sh in shares)),
-           ("CUDA_DEVICE_ORDER", "PCI_BUS_ID"))  # fmt: skip
+    env = (
+        ("CUDA_VISIBLE_DEVICES", ",".join(sh.gpu.uuid for sh in shares)),
+        ("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),
+    )
     return Instance(
-        Runtime.LLAMA_SERVER, paths.llama_server_unit(p.name),
-        profile.listen.address, port, tuple(sh.gpu.uuid for sh in shares), env,
-        f"{p.entry.ref}: {p.fit.reason}", args=tuple(args), models=(p.name,),
-    )  # fmt: skip
+        runtime=Runtime.LLAMA_SERVER,
+        unit=paths.llama_server_unit(p.name),
+        address=profile.listen.address,
+        port=port,
+        gpu_uuids=tuple(sh.gpu.uuid for sh in shares),
+        env=env,
+        reason=f"{p.entry.ref}: {p.fit.reason}",
+        args=tuple(args),
+        models=(p.name,),
+    )
