@@ -73,13 +73,21 @@ def _convert(tp: Any, value: object, path: str) -> Any:
         options = get_args(tp)
         if value is None and type(None) in options:
             return None
+        errors = []
         for option in options:
             if option is type(None):
                 continue
             try:
                 return _convert(option, value, path)
-            except FieldError:
-                continue
+            except FieldError as exc:
+                errors.append((option, exc))
+        # A mapping meant for one dataclass option is best told what is wrong inside it
+        # (`power.per_gpu_w: expected a number`), not that it is not a mapping.
+        inner = [
+            e for option, e in errors if _is_dataclass_type(option) and isinstance(value, dict)
+        ]
+        if len(inner) == 1:
+            raise inner[0]
         raise FieldError(path, f"expected {_type_name(tp)}, got {_describe(value)}")
     if origin is tuple:
         if not isinstance(value, list):
@@ -102,6 +110,10 @@ def _convert(tp: Any, value: object, path: str) -> Any:
         except ValueError:
             raise FieldError(path, f"expected {_type_name(tp)}, got {_describe(value)}") from None
     return _convert_scalar(tp, value, path)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return dataclasses.is_dataclass(tp) and isinstance(tp, type)
 
 
 def _convert_scalar(tp: Any, value: object, path: str) -> Any:

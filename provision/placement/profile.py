@@ -97,6 +97,15 @@ class _LineDict(dict[str, Any]):
 
 class _LineLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        seen: set[object] = set()
+        for key, _ in node.value:
+            # YAML lets a later duplicate silently win; in a profile that loses a setting.
+            value = getattr(key, "value", None)
+            if value in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{value}': remove one of the two", key.start_mark
+                )
+            seen.add(value)
         plain = super().construct_mapping(node, deep=True)
         mapping = _LineDict({str(key): value for key, value in plain.items()})
         mapping.line = node.start_mark.line + 1
@@ -152,7 +161,7 @@ def _read(ref: str, relative_to: Path | None) -> tuple[str, str]:
     candidates = [Path(ref)] if relative_to is None else [relative_to / ref, Path(ref)]
     for path in candidates:
         if path.suffix in (".yaml", ".yml") and path.is_file():
-            return path.read_text(encoding="utf-8"), str(path)
+            return _text(path), str(path)
     name = Path(ref).name.removesuffix(".yaml")
     bundled = asset_dir("profiles").joinpath(f"{name}.yaml")
     if bundled.is_file():
@@ -161,6 +170,21 @@ def _read(ref: str, relative_to: Path | None) -> tuple[str, str]:
         f"profile '{ref}' not found: not a file and not a bundled profile",
         hint=f"pass a YAML file, or one of: {', '.join(bundled_names())}",
     )
+
+
+def _text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the profile: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x})",
+            hint="save the profile as UTF-8",
+        ) from None
 
 
 def _parse(text: str, source: str) -> Any:
