@@ -237,3 +237,60 @@ def test_llama_server_keeps_each_models_own_parallel(tmp_path: Path) -> None:
     plan = _place("synthetic-2x3090-x16-x8", _profile(tmp_path, text))
     assert [m.settings.parallel for m in plan.models] == [1, 4]
     assert not any("server-wide" in w for w in plan.warnings)
+
+
+def _with_ollama(rig_name: str, version: str | None) -> Placement:
+    rig = load_named_rig(rig_name)
+    runtimes = {**rig.host.runtimes, "ollama": version}
+    rig = replace(rig, host=replace(rig.host, runtimes=runtimes))
+    profile = load_profile("ollama-auto")  # qwen2.5:32b and llama3.1:8b at 8K
+    specs = {m.ref: resolve(m.ref, os.environ) for m in profile.models}
+    return place(rig, profile, specs)
+
+
+def test_32b_on_2x3090_is_pinned_where_ollama_0_31_would_spread_it() -> None:
+    """Issue 9's case: Ollama >= 0.30 keeps a model on one GPU only when its prediction (file +
+    f16 KV: 22.0 GB here) is within 80% of that GPU's free memory (~25.5 GB): it would spread
+    qwen2.5:32b over both cards, which the plan keeps on one. main_gpu 0 pins it."""
+    plan = _with_ollama("synthetic-2x3090-x16-x8", "0.31.0")
+    big, small = plan.models
+    assert big.fit.verdict == Verdict.SINGLE_GPU and big.gpu_indices == (0,)
+    assert big.main_gpu == 0 and big.ollama_gpus == (0,)
+    assert "would spread it over GPU 0 (RTX 3090), GPU 1 (RTX 3090)" in big.ollama_reason
+    assert "22.0 GB against 80% of 25.5 GB free" in big.ollama_reason  # this rig idles at 25.5
+    # The 8B fits 80% of GPU 1, which holds nothing else: Ollama agrees, no pin.
+    assert small.gpu_indices == (1,) and small.ollama_gpus == (1,) and small.main_gpu is None
+    assert "as planned" in small.ollama_reason
+
+
+def test_the_pin_is_the_position_in_cuda_visible_devices_not_the_gpu_index() -> None:
+    """GPU 0 drives the desktop, so GPU 1 is listed first (fastest first) and gets the 32B."""
+    plan = _with_ollama("synthetic-3090-display-3090", "0.32.1")
+    visible = _env(plan)["CUDA_VISIBLE_DEVICES"].split(",")
+    rig = load_named_rig("synthetic-3090-display-3090")
+    big = plan.models[0]
+    assert big.gpu_indices == (1,) and big.main_gpu == 0
+    assert visible[big.main_gpu] == rig.gpus[1].uuid
+
+
+def test_older_ollama_is_said_to_be_unmodelled_and_gets_no_pin() -> None:
+    plan = _with_ollama("synthetic-2x3090-x16-x8", "0.12.6")
+    assert all(m.main_gpu is None for m in plan.models)
+    assert all("not modelled" in m.ollama_reason for m in plan.models)
+
+
+def test_one_visible_gpu_needs_no_lever(tmp_path: Path) -> None:
+    plan = _place("synthetic-1x4090", _profile(tmp_path, "models: [{ref: llama3.1:8b}]\n"))
+    (model,) = plan.models
+    assert model.main_gpu is None and model.ollama_gpus == (0,)
+    assert "sees only GPU 0" in model.ollama_reason
+
+
+def test_a_split_model_has_no_per_model_lever_and_the_plan_says_so(tmp_path: Path) -> None:
+    ref = _profile(tmp_path, "models: [{ref: llama3.3:70b, ctx: 8192}]\n")
+    rig = load_named_rig("synthetic-2x4090")
+    profile = load_profile(ref)
+    plan = place(rig, profile, {m.ref: resolve(m.ref, os.environ) for m in profile.models})
+    (model,) = plan.models
+    assert model.fit.verdict == Verdict.SPLIT and model.main_gpu is None
+    assert model.ollama_gpus == (0, 1) and "no per-model split" in model.ollama_reason

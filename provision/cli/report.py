@@ -254,6 +254,9 @@ def placement_to_plain(placement: Placement, desired: DesiredState) -> dict[str,
                 "layers_per_gpu": list(m.layers_per_gpu),
                 "cpu_layers": len(m.fit.cpu_layers),
                 "num_gpu": m.num_gpu,
+                "main_gpu": m.main_gpu,
+                "ollama_gpus": None if m.ollama_gpus is None else list(m.ollama_gpus),
+                "ollama_reason": m.ollama_reason or None,
                 "units": list(m.units),
                 "reason": m.fit.reason,
                 "suggestions": list(m.fit.suggestions),
@@ -317,6 +320,8 @@ def placement_text(placement: Placement, desired: DesiredState) -> str:
         where = ",".join(map(str, m.gpu_indices)) or "-"
         lines.append(f"  {m.entry.ref} -> {m.name}: {m.fit.verdict} on GPU {where}")
         lines.append(f"      {m.fit.reason}")
+        if m.ollama_reason:
+            lines.append(f"      ollama: {m.ollama_reason}")
         lines += [f"      would fit: {s}" for s in m.fit.suggestions]
     lines += ["", "instances:"]
     for i in placement.instances:

@@ -37,7 +37,11 @@ class ModelPlacement:
     units: tuple[str, ...]  # the instances that serve it
     modelfile_path: str | None = None
     num_gpu: int | None = None  # Ollama's PARAMETER num_gpu (layers offloaded), when decided
-    note: str = ""
+    # What the installed Ollama does with it (None: not modelled for that runtime or version),
+    # and the lever that makes it follow the plan.
+    ollama_gpus: tuple[int, ...] | None = None  # GPU indices Ollama will run it on
+    main_gpu: int | None = None  # PARAMETER main_gpu: position in CUDA_VISIBLE_DEVICES
+    ollama_reason: str = ""
 
     @property
     def placed(self) -> bool:

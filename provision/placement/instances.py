@@ -13,6 +13,7 @@ from provision.hardware.rig import Gpu, Rig
 from provision.models.estimate import KvType, Runtime
 from provision.placement.decisions import Balancer, Instance, ModelPlacement
 from provision.placement.fit import SAFETY_MARGIN_BYTES, GpuShare, Verdict, by_speed, fit_model
+from provision.placement.ollama_levers import with_ollama_view
 from provision.placement.profile import Profile
 from provision.units import MIB
 
@@ -119,7 +120,8 @@ def _ollama_single(
         reason="; ".join(reasons),
         models=tuple(p.name for p in placed),
     )
-    models = tuple(replace(p, units=(paths.OLLAMA_UNIT,) if p.placed else ()) for p in placements)
+    served = [replace(p, units=(paths.OLLAMA_UNIT,) if p.placed else ()) for p in placements]
+    models = with_ollama_view(gpus, served, spread, version)
     return Layout((instance,), models, None, warnings)
 
 

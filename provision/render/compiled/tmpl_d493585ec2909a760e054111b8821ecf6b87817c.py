@@ -39,6 +39,11 @@ def root(context, missing=missing):
         yield 'PARAMETER num_gpu '
         yield str(t_1(environment.getattr((undefined(name='model') if l_0_model is missing else l_0_model), 'num_gpu')))
         yield '\n'
+    if (not t_2(environment.getattr((undefined(name='model') if l_0_model is missing else l_0_model), 'main_gpu'))):
+        pass
+        yield 'PARAMETER main_gpu '
+        yield str(t_1(environment.getattr((undefined(name='model') if l_0_model is missing else l_0_model), 'main_gpu')))
+        yield '\n'
 
 blocks = {}
-debug_info = '1=26&2=28&3=30&4=32&5=35&7=37&8=40'
+debug_info = '1=26&2=28&3=30&4=32&5=35&7=37&8=40&11=42&12=45'
