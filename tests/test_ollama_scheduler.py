@@ -19,6 +19,7 @@ from provision.placement.ollama_scheduler import (
     available_for_load,
     cuda_flash_attention_supported,
     flash_attention_arg,
+    flash_attention_supported,
     predicted_vram_bytes,
     select_placement,
     uses_llama_server,
@@ -212,3 +213,10 @@ def test_flash_attention_arg(env: str | None, ccs: list[tuple[int, int]], want: 
 )
 def test_which_versions_run_llama_server(version: str | None, family: bool) -> None:
     assert uses_llama_server(version) is family
+
+
+def test_before_0_30_only_cc_7_2_is_refused() -> None:
+    """ml.FlashAttentionSupported at v0.12.10 tests the driver (>= 7) and CC 7.2, not a floor."""
+    assert flash_attention_supported([(3, 7), (8, 6)], "0.12.6")
+    assert not flash_attention_supported([(7, 2)], "0.12.6")
+    assert not flash_attention_supported([(3, 7)], "0.32.15")

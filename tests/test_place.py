@@ -294,3 +294,32 @@ def test_a_split_model_has_no_per_model_lever_and_the_plan_says_so(tmp_path: Pat
     (model,) = plan.models
     assert model.fit.verdict == Verdict.SPLIT and model.main_gpu is None
     assert model.ollama_gpus == (0, 1) and "no per-model split" in model.ollama_reason
+
+
+def test_flash_attention_is_rendered_as_the_estimate_assumes_it(tmp_path: Path) -> None:
+    """On by default where Ollama enables it (an RTX 4090), and said so explicitly."""
+    plan = _place("synthetic-1x4090", _profile(tmp_path, "models: [{ref: llama3.1:8b}]\n"))
+    assert plan.models[0].settings.flash_attention
+    assert _env(plan)["OLLAMA_FLASH_ATTENTION"] == "1"
+    off = "flash_attention: false\nmodels: [{ref: llama3.1:8b}]\n"
+    plan_off = _place("synthetic-1x4090", _profile(tmp_path, off))
+    assert not plan_off.models[0].settings.flash_attention
+    assert _env(plan_off)["OLLAMA_FLASH_ATTENTION"] == "0"
+    # Without flash attention llama.cpp's compute buffer is larger: the estimate follows.
+    on_share, off_share = plan.models[0].fit.shares[0], plan_off.models[0].fit.shares[0]
+    assert off_share.footprint.compute_bytes > on_share.footprint.compute_bytes
+
+
+def test_flash_attention_is_off_where_ollama_will_not_enable_it() -> None:
+    """Tesla K80s (CC 3.7) with a current Ollama: below its CC 6.0 rule."""
+    plan = _place("synthetic-2xk80", "ollama-auto")
+    assert not any(m.settings.flash_attention for m in plan.models)
+    assert _env(plan)["OLLAMA_FLASH_ATTENTION"] == "0"
+    assert any(w.startswith("flash attention off: Ollama") for w in plan.warnings)
+
+
+def test_a_quantized_kv_cache_is_refused_where_flash_attention_is_off(tmp_path: Path) -> None:
+    text = "models: [{ref: llama3.2:3b, kv_type: q8_0}]\n"
+    with pytest.raises(InputError, match=r"kv_type: q8_0 needs flash attention") as caught:
+        _place("synthetic-2xk80", _profile(tmp_path, text))
+    assert "kv_type: f16" in (caught.value.hint or "")

@@ -113,9 +113,11 @@ def test_models_are_created_from_their_modelfiles() -> None:
 
 
 def test_partial_offload_sets_num_gpu() -> None:
+    # The nulls rig reports no compute capability, so Ollama runs without flash attention there
+    # and the larger compute buffer leaves room for 31 layers (33 when FA was assumed).
     desired = _desired("ollama-auto", "synthetic-nulls")
     text = _file(desired, "/etc/provision/modelfiles/qwen2.5-32b-ctx8192.Modelfile")
-    assert "\nPARAMETER num_gpu 33\n" in text
+    assert "\nPARAMETER num_gpu 31\n" in text
 
 
 def test_llama_server_unit() -> None:

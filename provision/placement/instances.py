@@ -67,9 +67,13 @@ def _common_ollama_env(profile: Profile, placed: Sequence[ModelPlacement]) -> li
         ("OLLAMA_NUM_PARALLEL", str(server_parallel(profile))),
         ("OLLAMA_KEEP_ALIVE", max((e.keep_alive for e in entries), key=ollama.duration_rank)),
     ]
+    # Explicit either way: the estimate assumed one or the other, and Ollama's default differs
+    # by version (auto since 0.30, off with per-model exceptions before).
+    flash = any(p.settings.flash_attention for p in placed)
+    env.append(("OLLAMA_FLASH_ATTENTION", "1" if flash else "0"))
     kv = kv_types.pop()
     if kv != KvType.F16:
-        env += [("OLLAMA_FLASH_ATTENTION", "1"), ("OLLAMA_KV_CACHE_TYPE", kv.value)]
+        env.append(("OLLAMA_KV_CACHE_TYPE", kv.value))
     return env
 
 

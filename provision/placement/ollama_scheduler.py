@@ -200,6 +200,19 @@ def cuda_flash_attention_supported(
     return major >= floor and (major, minor) != (7, 2)
 
 
+def flash_attention_supported(
+    compute_capabilities: Sequence[tuple[int, int] | None], version: str | None
+) -> bool:
+    """Whether this Ollama turns flash attention on for these CUDA devices (all of them).
+
+    Before v0.30 (ml.FlashAttentionSupported at v0.12.10) only compute capability 7.2 was
+    refused; the per-model exceptions of that family (gemma2, key_length != value_length) are
+    not modelled."""
+    if uses_llama_server(version):
+        return all(cuda_flash_attention_supported(cc, version) for cc in compute_capabilities)
+    return all(cc is not None and cc != (7, 2) for cc in compute_capabilities)
+
+
 def flash_attention_arg(
     env_value: str | None,
     compute_capabilities: Sequence[tuple[int, int] | None],

@@ -21,14 +21,16 @@ from provision.placement import instances, power
 from provision.placement.decisions import ModelPlacement, Placement
 from provision.placement.fit import FitResult, Verdict, fit_model, whole_fit
 from provision.placement.instances import server_parallel
+from provision.placement.ollama_scheduler import flash_attention_supported
 from provision.placement.profile import ModelEntry, Profile
 
 WHOLE = (Verdict.SINGLE_GPU, Verdict.SPLIT)
 
 
-def settings_for(entry: ModelEntry, profile: Profile) -> RunSettings:
+def settings_for(entry: ModelEntry, profile: Profile, flash_ok: bool = True) -> RunSettings:
     """The settings the runtime will really use for this model. Ollama's parallelism is
-    server-wide: a model asking for 1 stream under OLLAMA_NUM_PARALLEL=4 allocates 4."""
+    server-wide: a model asking for 1 stream under OLLAMA_NUM_PARALLEL=4 allocates 4; and
+    flash attention is on only where the runtime enables it on these GPUs (`flash_ok`)."""
     quantized = entry.kv_type != KvType.F16
     ollama = profile.runtime == Runtime.OLLAMA
     return RunSettings(
@@ -36,7 +38,7 @@ def settings_for(entry: ModelEntry, profile: Profile) -> RunSettings:
         parallel=server_parallel(profile) if ollama else entry.parallel,
         kv_type=entry.kv_type,
         runtime=profile.runtime,
-        flash_attention=profile.flash_attention or quantized,
+        flash_attention=(profile.flash_attention or quantized) and flash_ok,
         batch=max(entry.num_batch or 2048, 1),
         ubatch=min(entry.num_batch or 512, 512),
     )
@@ -95,7 +97,7 @@ def _fit_beside(
 
 
 def _fit_all(
-    rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec], legacy: bool
+    rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec], legacy: bool, flash_ok: bool
 ) -> tuple[list[tuple[int, FitResult]], bool]:
     """Fit models largest first, each beside those already resident; (results, all resident)."""
     order = sorted(
@@ -108,7 +110,7 @@ def _fit_all(
     for i in order:
         entry = profile.models[i]
         own_rig = _pinned_rig(rig, entry, f"models[{i}]")
-        settings = settings_for(entry, profile)
+        settings = settings_for(entry, profile, flash_ok)
         result, resident_too = _fit_beside(own_rig, resident, specs[entry.ref], settings, legacy)
         all_resident = all_resident and resident_too
         if result.verdict != Verdict.NO_FIT:
@@ -133,12 +135,13 @@ def place(rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec]) -> Placeme
             rig_for_models = replace(rig, gpus=supported)
             left_out = ", ".join(gpu_label(g) for g in rig.gpus if g.index in below.gpus)
             warnings.append(f"{left_out} left out of Ollama's GPUs: below its support floor")
-    fits, all_resident = _fit_all(rig_for_models, profile, specs, legacy)
+    flash_ok = _flash_attention_ok(rig_for_models, profile, version, warnings)
+    fits, all_resident = _fit_all(rig_for_models, profile, specs, legacy, flash_ok)
     warnings += _parallel_warnings(profile)
     if not profile.is_loopback:
         warnings.append(_exposure_warning(profile))
     placements = [
-        _model_placement(profile, entry, specs[entry.ref], fit)
+        _model_placement(profile, entry, specs[entry.ref], fit, flash_ok)
         for entry, fit in ((profile.models[i], f) for i, f in fits)
     ]
     for mp in placements:
@@ -162,6 +165,32 @@ def place(rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec]) -> Placeme
         warnings=tuple(warnings),
         disabled_units=layout.disabled_units,
     )
+
+
+def _flash_attention_ok(
+    rig: Rig, profile: Profile, version: str | None, warnings: list[str]
+) -> bool:
+    """Whether the runtime will run flash attention on these GPUs; a quantized KV cache, which
+    needs it, is refused where it will not."""
+    if profile.runtime != Runtime.OLLAMA:
+        return True  # llama-server gets -fa on|off on its command line
+    ccs = [g.compute_capability_tuple for g in rig.gpus]
+    if flash_attention_supported(ccs, version):
+        return True
+    wanted = [m for m in profile.models if m.kv_type != KvType.F16]
+    cards = ", ".join(f"{gpu_label(g)} (CC {g.compute_capability or '?'})" for g in rig.gpus)
+    if wanted:
+        raise InputError(
+            f"models[{profile.models.index(wanted[0])}].kv_type: {wanted[0].kv_type} needs "
+            f"flash attention, which Ollama {version or '(current)'} does not enable on {cards}",
+            hint="use kv_type: f16, or run the model with runtime: llama-server",
+        )
+    if profile.flash_attention:
+        warnings.append(
+            f"flash attention off: Ollama {version or '(current)'} does not enable it on "
+            f"{cards}; every model is estimated without it (larger compute buffers)"
+        )
+    return False
 
 
 def _exposure_warning(profile: Profile) -> str:
@@ -192,7 +221,7 @@ def _parallel_warnings(profile: Profile) -> list[str]:
 
 
 def _model_placement(
-    profile: Profile, entry: ModelEntry, spec: ModelSpec, fit: FitResult
+    profile: Profile, entry: ModelEntry, spec: ModelSpec, fit: FitResult, flash_ok: bool
 ) -> ModelPlacement:
     num_gpu = None
     if fit.verdict == Verdict.PARTIAL_OFFLOAD:
@@ -208,7 +237,7 @@ def _model_placement(
         name=name,
         spec=spec,
         fit=fit,
-        settings=settings_for(entry, profile),
+        settings=settings_for(entry, profile, flash_ok),
         units=(),
         modelfile_path=modelfile if fit.verdict != Verdict.NO_FIT else None,
         num_gpu=num_gpu,
