@@ -92,6 +92,21 @@ def test_usage_errors_exit_2() -> None:
     assert run_provision("probe", "--no-such-flag").returncode == 2
 
 
+def test_usage_errors_speak_like_every_other_error() -> None:
+    """`error:` and `hint:` lines, as for bad input of ours, not click's `Usage:` block."""
+    for argv, message in [
+        (("probe", "--no-such-flag"), "error: No such option '--no-such-flag'."),
+        (("fit",), "error: Missing argument 'MODEL'."),
+        (("fit", "llama3.1:8b", "--ctx", "many"), "error: Invalid value for '--ctx'"),
+    ]:
+        result = run_provision(*argv)
+        assert result.returncode == 2
+        lines = result.stderr.splitlines()
+        assert lines[0].startswith(message), result.stderr
+        assert lines[1] == f"hint: 'provision {argv[0]} --help' lists the options"
+        assert "Usage:" not in result.stderr
+
+
 def test_warnings_are_marked() -> None:
     calm = run_provision("probe", "--rig", str(rig_file("synthetic-2x3090-x16-x8")))
     assert "warning" not in calm.stdout

@@ -101,3 +101,43 @@ def test_unknown_profile_lists_the_bundled_ones() -> None:
 def test_kv_type_parses_to_the_enum(tmp_path: Path) -> None:
     path = _write(tmp_path, "models: [{ref: x, kv_type: q8_0}]\n")
     assert load_profile(str(path)).models[0].kv_type == KvType.Q8_0
+
+
+def test_a_profile_that_is_not_utf8_is_an_error_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"models: [{ref: llama3.1:8b}]\ndescription: caf\xe9\n")
+    with pytest.raises(InputError, match=r"latin1.yaml:2: not UTF-8 text \(byte 0xe9\)"):
+        load_profile(str(path))
+
+
+def test_duplicate_keys_are_refused_at_their_line(tmp_path: Path) -> None:
+    text = "models:\n  - ref: llama3.1:8b\n    ctx: 4096\n    ctx: 8192\n"
+    with pytest.raises(InputError, match=r"p.yaml:4: not valid YAML: duplicate key 'ctx'"):
+        load_profile(str(_write(tmp_path, text)))
+
+
+@pytest.mark.parametrize(
+    "models",
+    [
+        "[{ref: llama3.1:8b}, {ref: llama3.1:8b}]",
+        "[{ref: llama3.1:8b}, {ref: llama3.1}]",  # the catalog's alias of the same tag
+        "[{ref: llama3.1:8b, name: a}, {ref: llama3.1:8b}]",
+        "[{ref: /srv/m.gguf}, {ref: /srv/./m.gguf}]",
+    ],
+)
+def test_the_same_model_twice_is_refused(tmp_path: Path, models: str) -> None:
+    with pytest.raises(InputError, match=r"models\[1\].ref'.* is the same model as models\[0\]"):
+        load_profile(str(_write(tmp_path, f"models: {models}\n")))
+
+
+def test_the_same_model_under_two_names_or_two_quants_is_allowed(tmp_path: Path) -> None:
+    named = "models: [{ref: llama3.1:8b, name: 'a:short'}, {ref: llama3.1, name: 'a:long'}]\n"
+    assert len(load_profile(str(_write(tmp_path, named))).models) == 2
+    quants = "models: [{ref: llama3.1:8b}, {ref: llama3.1:8b@q8_0}]\n"
+    assert len(load_profile(str(_write(tmp_path, quants, "q.yaml"))).models) == 2
+
+
+def test_a_type_error_names_the_leaf_field(tmp_path: Path) -> None:
+    text = "power: {per_gpu_w: lots}\nmodels: [{ref: llama3.1:8b}]\n"
+    with pytest.raises(InputError, match=r"field 'power.per_gpu_w': expected a number"):
+        load_profile(str(_write(tmp_path, text)))

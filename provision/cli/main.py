@@ -65,8 +65,25 @@ def cli(debug: bool) -> None:
 
 
 def main() -> None:
+    """Run the command; click's own errors (usage, a bad option value) print the same `error:`
+    and `hint:` lines as ours, with click's exit status (2 for usage)."""
     try:
-        cli(prog_name="provision")
+        status = cli.main(prog_name="provision", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        where = exc.ctx.command_path if exc.ctx else "provision"
+        click.echo(f"hint: '{where} --help' lists the options", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("aborted: nothing was changed", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(int(ExitCode.HOST_ERROR))
+    sys.exit(status if isinstance(status, int) else 0)

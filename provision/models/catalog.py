@@ -92,6 +92,16 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
     return "", None
 
 
+def canonical(ref: str) -> str | None:
+    """The catalog entry and quant a reference names, as one string ('llama3.1' and
+    'llama3.1:8b' are the same model; '@q8_0' is another); None outside the catalog."""
+    name, quant = _split_ref(ref)
+    if not name:
+        return None
+    entry = _catalog()[name]
+    return f"{name}@{(quant or entry['default_quant']).upper()}"
+
+
 def base_name(ref: str) -> str | None:
     """The catalog entry a model name belongs to, whatever quant it names."""
     name, _ = _split_ref(ref)

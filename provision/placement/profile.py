@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ import yaml
 
 from provision.assets import asset_dir
 from provision.errors import InputError
+from provision.models import catalog
 from provision.models.estimate import KvType, Runtime
+from provision.ollama import normalize_model
 from provision.typed_load import FieldError, from_plain
 
 DEFAULT_PROFILE = "ollama-auto"
@@ -270,6 +273,7 @@ def first_problem(profile: Profile) -> tuple[str, str, str | None] | None:
     checks = [
         _check_top(profile),
         *(_check_model(m, i) for i, m in enumerate(profile.models)),
+        _check_repeats(profile.models),
         _check_power(profile.power),
     ]
     return next((c for c in checks if c is not None), None)
@@ -338,6 +342,32 @@ def _check_model(m: ModelEntry, i: int) -> tuple[str, str, str | None] | None:
         return (f"{at}.path", f"must be an absolute path without spaces, got {m.path!r}", None)
     if m.gpus is not None and (not m.gpus or min(m.gpus) < 0):
         return (f"{at}.gpus", "must list GPU indices (0, 1, ...)", None)
+    return None
+
+
+def _model_key(ref: str) -> str:
+    """One spelling per model: a catalog entry and quant, an Ollama name with its tag, a path."""
+    if ref.endswith(".gguf"):
+        return str(Path(ref))
+    return catalog.canonical(ref) or normalize_model(ref)
+
+
+def _check_repeats(models: Sequence[ModelEntry]) -> tuple[str, str, str | None] | None:
+    """The same model twice (also under an alias) makes two Ollama models or two servers of one
+    set of weights: refused, unless each entry names its own (e.g. two contexts on purpose)."""
+    seen: dict[str, int] = {}
+    for i, m in enumerate(models):
+        key = _model_key(m.ref)
+        if key in seen:
+            j = seen[key]
+            if m.name and models[j].name and m.name != models[j].name:
+                continue
+            return (
+                f"models[{i}].ref",
+                f"{m.ref} is the same model as models[{j}] ({models[j].ref})",
+                "list it once; to serve it twice on purpose give each entry its own `name:`",
+            )
+        seen[key] = i
     return None
 
 
