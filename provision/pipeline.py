@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import fields, replace
 
 from provision.desired import DesiredState
+from provision.errors import InputError
 from provision.hardware.rig import Rig, dump_rig
 from provision.models.refs import resolve
 from provision.placement.decisions import Placement
@@ -23,15 +24,35 @@ from provision.typed_load import to_plain
 
 
 def desired_state(
-    rig: Rig, profile_ref: str | None, environ: Mapping[str, str]
+    rig: Rig, profile_ref: str | None, environ: Mapping[str, str], allow_partial: bool = False
 ) -> tuple[Placement, DesiredState]:
+    """A model that cannot be placed is an error (exit 2) unless `allow_partial`: a plan that
+    silently serves less than the profile asks for is what an operator finds out too late."""
     profile = load_profile(profile_ref)
     specs = {entry.ref: resolve(entry.ref, environ) for entry in profile.models}
     placement = place(rig, profile, specs)
+    _refuse_dropped(placement, allow_partial)
     desired = replace(
         render(placement), profile_digest=profile_digest(profile), rig_digest=rig_digest(rig)
     )
     return placement, desired
+
+
+def _refuse_dropped(placement: Placement, allow_partial: bool) -> None:
+    dropped = [m for m in placement.models if not m.placed]
+    if not dropped or (allow_partial and len(dropped) < len(placement.models)):
+        return
+    first = dropped[0]
+    more = f" (and {len(dropped) - 1} more)" if len(dropped) > 1 else ""
+    fits = "; ".join(first.fit.suggestions) or "nothing on this rig"
+    if len(dropped) == len(placement.models):
+        hint = "change the profile as suggested: no model of it can be placed on this rig"
+    else:
+        hint = "change the profile as suggested, or pass --allow-partial to serve the others"
+    raise InputError(
+        f"{first.entry.ref} cannot be placed{more}: {first.fit.reason}; what would fit: {fits}",
+        hint=hint,
+    )
 
 
 def profile_digest(profile: Profile) -> str:

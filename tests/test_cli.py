@@ -112,3 +112,31 @@ def test_warnings_are_marked() -> None:
     assert "warning" not in calm.stdout
     riser = run_provision("probe", "--rig", str(rig_file("synthetic-4x3090-x4-riser")))
     assert "  warning narrow_pcie: narrow PCIe link: GPU 3 (RTX 3090)" in riser.stdout
+
+
+DROPPING = "models: [{ref: llama3.1:8b}, {ref: mixtral:8x22b@q8_0, ctx: 65536}]\n"
+
+
+def test_a_model_that_cannot_be_placed_fails_plan_diff_and_apply(tmp_path: Path) -> None:
+    profile = tmp_path / "too-big.yaml"
+    profile.write_text(DROPPING)
+    rig = str(rig_file("synthetic-1x4090"))
+    for command in (("plan",), ("diff", "--root", str(tmp_path)), ("apply", "--dry-run")):
+        result = run_provision(*command, "--rig", rig, "--profile", str(profile))
+        assert result.returncode == 2, (command, result.stderr)
+        assert "error: mixtral:8x22b@q8_0 cannot be placed: does not fit" in result.stderr
+        assert "what would fit:" in result.stderr and "--allow-partial" in result.stderr
+
+
+def test_allow_partial_serves_the_others_and_diff_prints_the_warnings(tmp_path: Path) -> None:
+    profile = tmp_path / "too-big.yaml"
+    profile.write_text(DROPPING)
+    rig = str(rig_file("synthetic-1x4090"))
+    common = ("--rig", rig, "--profile", str(profile), "--allow-partial")
+    plan = run_provision("plan", *common)
+    assert plan.returncode == 0 and "warning: mixtral:8x22b@q8_0 left out" in plan.stdout
+    diff = run_provision("diff", *common, "--root", str(tmp_path))
+    assert "warning: mixtral:8x22b@q8_0 left out" in diff.stderr
+    as_json = run_provision("diff", *common, "--root", str(tmp_path), "--json")
+    document = json.loads(as_json.stdout)
+    assert any(w.startswith("mixtral:8x22b@q8_0 left out") for w in document["warnings"])

@@ -41,9 +41,16 @@ def _action_to_plain(index: int | None, action: Action) -> dict[str, Any]:
     return plain
 
 
-def plan_to_plain(plan: Plan, host: Host) -> dict[str, Any]:
+def print_warnings(warnings: tuple[str, ...]) -> None:
+    """The plan's warnings on stderr, where --json output on stdout does not mix with them."""
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+def plan_to_plain(plan: Plan, host: Host, warnings: tuple[str, ...] = ()) -> dict[str, Any]:
     return {
         "schema": 1,
+        "warnings": list(warnings),
         "root": str(host.root),
         "mode": "live" if host.live else "offline",
         "in_sync": plan.in_sync,
@@ -131,6 +138,7 @@ def diff(
     root: Path,
     as_json: bool,
     profile_ref: str | None,
+    allow_partial: bool,
     desired_json: Path | None,
     verbose: bool,
 ) -> None:
@@ -138,12 +146,13 @@ def diff(
 
     Exit status 0 when the host is in sync, 1 when changes are pending.
     """
-    desired = load_desired(rig_file, profile_ref, desired_json)
+    desired, warnings = load_desired(rig_file, profile_ref, desired_json, allow_partial)
     host = Host.at(root)
     plan = make_plan(desired, observe(host, desired))
     if as_json:
-        click.echo(json.dumps(plan_to_plain(plan, host), indent=2))
+        click.echo(json.dumps(plan_to_plain(plan, host, warnings), indent=2))
     else:
+        print_warnings(warnings)
         print_plan(plan, host, verbose)
     _refused_anyway(plan)
     ctx.exit(int(ExitCode.OK if plan.in_sync else ExitCode.CHANGES_PENDING))
@@ -211,6 +220,7 @@ def apply(
     root: Path,
     as_json: bool,
     profile_ref: str | None,
+    allow_partial: bool,
     desired_json: Path | None,
     verbose: bool,
     yes: bool,
@@ -226,11 +236,13 @@ def apply(
     # lazy: the executor (sockets, locks, backups) is not needed by diff, which shares this module
     from provision.change.apply import Settings, execute, locked
 
-    desired = load_desired(rig_file, profile_ref, desired_json)
+    desired, warnings = load_desired(rig_file, profile_ref, desired_json, allow_partial)
     host = Host.at(root)
+    # Before anything else, and before the confirmation: what the plan warns about.
+    print_warnings(warnings)
     if dry_run:
         plan = make_plan(desired, observe(host, desired))
-        _show(plan, host, as_json, verbose, force)
+        _show(plan, host, as_json, verbose, force, warnings)
         _refused_anyway(plan)
         if not as_json:
             click.echo("dry run: nothing was changed")
@@ -252,9 +264,11 @@ def apply(
     _done(outcome, host, plan, as_json)
 
 
-def _show(plan: Plan, host: Host, as_json: bool, verbose: bool, force: bool) -> None:
+def _show(
+    plan: Plan, host: Host, as_json: bool, verbose: bool, force: bool, warnings: tuple[str, ...]
+) -> None:
     if as_json:
-        click.echo(json.dumps(plan_to_plain(plan, host), indent=2))
+        click.echo(json.dumps(plan_to_plain(plan, host, warnings), indent=2))
     else:
         print_plan(plan, host, verbose, force)
 

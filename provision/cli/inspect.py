@@ -78,9 +78,12 @@ def fit(
 @rig_options
 @profile_option
 @json_option
-def plan(rig_file: Path | None, root: Path, profile_ref: str | None, as_json: bool) -> None:
+def plan(
+    rig_file: Path | None, root: Path, profile_ref: str | None, allow_partial: bool, as_json: bool
+) -> None:
     """Decide where each model runs, with reasons, and list the files it would write."""
-    placement, desired = desired_state(read_rig(rig_file), profile_ref, os.environ)
+    rig = read_rig(rig_file)
+    placement, desired = desired_state(rig, profile_ref, os.environ, allow_partial)
     if as_json:
         click.echo(json.dumps(placement_to_plain(placement, desired), indent=2))
     else:

@@ -46,6 +46,12 @@ def json_option(func: F) -> F:
 
 
 def profile_option(func: F) -> F:
+    """`--profile` and `--allow-partial`, for the commands that place a profile's models."""
+    func = click.option(
+        "--allow-partial",
+        is_flag=True,
+        help="Go on when a model cannot be placed: serve the others (it is left out).",
+    )(func)
     return click.option(
         "--profile",
         "profile_ref",
@@ -76,14 +82,19 @@ def read_rig(rig_file: Path | None) -> Rig:
 
 
 def load_desired(
-    rig_file: Path | None, profile_ref: str | None, desired_json: Path | None
-) -> DesiredState:
+    rig_file: Path | None,
+    profile_ref: str | None,
+    desired_json: Path | None,
+    allow_partial: bool = False,
+) -> tuple[DesiredState, tuple[str, ...]]:
+    """The desired state and the plan's warnings (none for a desired state read as JSON)."""
     if desired_json is not None:
-        return desired_from_json(desired_json)
+        return desired_from_json(desired_json), ()
     from provision.pipeline import desired_state  # lazy: the engine alone needs no placement
 
-    _placement, desired = desired_state(read_rig(rig_file), profile_ref, os.environ)
-    return desired
+    rig = read_rig(rig_file)
+    placement, desired = desired_state(rig, profile_ref, os.environ, allow_partial)
+    return desired, placement.warnings
 
 
 def desired_to_json(state: DesiredState) -> str:
