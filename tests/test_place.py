@@ -323,3 +323,15 @@ def test_a_quantized_kv_cache_is_refused_where_flash_attention_is_off(tmp_path: 
     with pytest.raises(InputError, match=r"kv_type: q8_0 needs flash attention") as caught:
         _place("synthetic-2xk80", _profile(tmp_path, text))
     assert "kv_type: f16" in (caught.value.hint or "")
+
+
+def test_a_context_above_the_trained_length_is_clamped_with_a_warning(tmp_path: Path) -> None:
+    spec = resolve("llama3.1:8b", os.environ)
+    assert spec.ctx_train is not None
+    asked = 2 * spec.ctx_train
+    text = f"models: [{{ref: llama3.1:8b, ctx: {asked}}}]\n"
+    plan = _place("synthetic-1x4090", _profile(tmp_path, text))
+    (model,) = plan.models
+    assert model.settings.ctx_tokens == spec.ctx_train == model.fit.settings.ctx_tokens
+    assert _env(plan)["OLLAMA_CONTEXT_LENGTH"] == str(spec.ctx_train)
+    assert any(f"ctx {asked} is above the {spec.ctx_train} tokens" in w for w in plan.warnings)

@@ -14,7 +14,7 @@ from provision.models.estimate import KvType, Runtime
 from provision.placement.decisions import Balancer, Instance, ModelPlacement
 from provision.placement.fit import SAFETY_MARGIN_BYTES, GpuShare, Verdict, by_speed, fit_model
 from provision.placement.ollama_levers import with_ollama_view
-from provision.placement.profile import Profile
+from provision.placement.profile import ModelEntry, Profile
 from provision.units import MIB
 
 # What llama.cpp's --fit leaves free per device: the margin our own placement keeps.
@@ -63,7 +63,7 @@ def _common_ollama_env(profile: Profile, placed: Sequence[ModelPlacement]) -> li
             hint="give every model the same kv_type, or run them with runtime: llama-server",
         )
     env = [
-        ("OLLAMA_CONTEXT_LENGTH", str(max(e.ctx for e in entries))),
+        ("OLLAMA_CONTEXT_LENGTH", str(_context_length(placed, entries))),
         ("OLLAMA_NUM_PARALLEL", str(server_parallel(profile))),
         ("OLLAMA_KEEP_ALIVE", max((e.keep_alive for e in entries), key=ollama.duration_rank)),
     ]
@@ -75,6 +75,13 @@ def _common_ollama_env(profile: Profile, placed: Sequence[ModelPlacement]) -> li
     if kv != KvType.F16:
         env.append(("OLLAMA_KV_CACHE_TYPE", kv.value))
     return env
+
+
+def _context_length(placed: Sequence[ModelPlacement], entries: Sequence[ModelEntry]) -> int:
+    """The largest context a placed model runs at (after clamping to its trained length)."""
+    if placed:
+        return max(p.settings.ctx_tokens for p in placed)
+    return max(e.ctx for e in entries)
 
 
 def _ollama_single(

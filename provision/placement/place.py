@@ -27,14 +27,17 @@ from provision.placement.profile import ModelEntry, Profile
 WHOLE = (Verdict.SINGLE_GPU, Verdict.SPLIT)
 
 
-def settings_for(entry: ModelEntry, profile: Profile, flash_ok: bool = True) -> RunSettings:
+def settings_for(
+    entry: ModelEntry, profile: Profile, flash_ok: bool = True, ctx_train: int | None = None
+) -> RunSettings:
     """The settings the runtime will really use for this model. Ollama's parallelism is
     server-wide: a model asking for 1 stream under OLLAMA_NUM_PARALLEL=4 allocates 4; and
     flash attention is on only where the runtime enables it on these GPUs (`flash_ok`)."""
     quantized = entry.kv_type != KvType.F16
     ollama = profile.runtime == Runtime.OLLAMA
     return RunSettings(
-        ctx_tokens=entry.ctx,
+        # Above the trained length a model degrades; Ollama caps num_ctx there too.
+        ctx_tokens=min(entry.ctx, ctx_train) if ctx_train else entry.ctx,
         parallel=server_parallel(profile) if ollama else entry.parallel,
         kv_type=entry.kv_type,
         runtime=profile.runtime,
@@ -110,7 +113,7 @@ def _fit_all(
     for i in order:
         entry = profile.models[i]
         own_rig = _pinned_rig(rig, entry, f"models[{i}]")
-        settings = settings_for(entry, profile, flash_ok)
+        settings = settings_for(entry, profile, flash_ok, specs[entry.ref].ctx_train)
         result, resident_too = _fit_beside(own_rig, resident, specs[entry.ref], settings, legacy)
         all_resident = all_resident and resident_too
         if result.verdict != Verdict.NO_FIT:
@@ -137,7 +140,7 @@ def place(rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec]) -> Placeme
             warnings.append(f"{left_out} left out of Ollama's GPUs: below its support floor")
     flash_ok = _flash_attention_ok(rig_for_models, profile, version, warnings)
     fits, all_resident = _fit_all(rig_for_models, profile, specs, legacy, flash_ok)
-    warnings += _parallel_warnings(profile)
+    warnings += _parallel_warnings(profile) + _context_warnings(profile, specs)
     if not profile.is_loopback:
         warnings.append(_exposure_warning(profile))
     placements = [
@@ -208,6 +211,18 @@ def _exposure_warning(profile: Profile) -> str:
     )
 
 
+def _context_warnings(profile: Profile, specs: Mapping[str, ModelSpec]) -> list[str]:
+    warnings = []
+    for m in profile.models:
+        trained = specs[m.ref].ctx_train
+        if trained and m.ctx > trained:
+            warnings.append(
+                f"{m.ref}: ctx {m.ctx} is above the {trained} tokens it was trained on: "
+                f"planned and rendered at {trained}"
+            )
+    return warnings
+
+
 def _parallel_warnings(profile: Profile) -> list[str]:
     asked = sorted({m.parallel for m in profile.models})
     if profile.runtime != Runtime.OLLAMA or len(asked) < 2:
@@ -237,7 +252,7 @@ def _model_placement(
         name=name,
         spec=spec,
         fit=fit,
-        settings=settings_for(entry, profile, flash_ok),
+        settings=settings_for(entry, profile, flash_ok, spec.ctx_train),
         units=(),
         modelfile_path=modelfile if fit.verdict != Verdict.NO_FIT else None,
         num_gpu=num_gpu,
