@@ -66,6 +66,8 @@ PURE = frozenset(
         "provision.placement.instances",
         "provision.placement.power",
         "provision.placement.decisions",
+        "provision.placement.ollama_scheduler",
+        "provision.placement.ollama_levers",
         "provision.render.files",
         "provision.render.filters",
         "provision.change.actions",

@@ -335,3 +335,16 @@ def test_a_context_above_the_trained_length_is_clamped_with_a_warning(tmp_path: 
     assert model.settings.ctx_tokens == spec.ctx_train == model.fit.settings.ctx_tokens
     assert _env(plan)["OLLAMA_CONTEXT_LENGTH"] == str(spec.ctx_train)
     assert any(f"ctx {asked} is above the {spec.ctx_train} tokens" in w for w in plan.warnings)
+
+
+def test_models_that_swap_are_judged_on_emptied_gpus(tmp_path: Path) -> None:
+    """Under OLLAMA_MAX_LOADED_MODELS=1 Ollama unloads one model before the next: none of them
+    is judged against memory another would hold."""
+    text = "models: [{ref: qwen2.5:32b}, {ref: qwen2.5-coder:32b}, {ref: deepseek-r1:32b}]\n"
+    rig = load_named_rig("synthetic-2x3090-x16-x8")
+    rig = replace(rig, host=replace(rig.host, runtimes={**rig.host.runtimes, "ollama": "0.32.1"}))
+    profile = load_profile(_profile(tmp_path, text))
+    plan = place(rig, profile, {m.ref: resolve(m.ref, os.environ) for m in profile.models})
+    assert _env(plan)["OLLAMA_MAX_LOADED_MODELS"] == "1"
+    for model in plan.models:
+        assert "of 25.5 GB free" in model.ollama_reason, model.ollama_reason

@@ -141,3 +141,9 @@ def test_a_type_error_names_the_leaf_field(tmp_path: Path) -> None:
     text = "power: {per_gpu_w: lots}\nmodels: [{ref: llama3.1:8b}]\n"
     with pytest.raises(InputError, match=r"field 'power.per_gpu_w': expected a number"):
         load_profile(str(_write(tmp_path, text)))
+
+
+def test_a_complex_key_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    text = "? [a, b]\n: 1\nmodels: [{ref: llama3.1:8b}]\n"
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_profile(str(_write(tmp_path, text)))

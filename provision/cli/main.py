@@ -3,7 +3,7 @@
 Each command lives in the module of its family (probe, inspect, change, verify) and is loaded
 only when it runs: `provision probe --rig` must not pay for placement, pytest (verify) or the
 change engine, nor `provision verify` for placement. That is click's documented lazy-loading
-pattern, and the CLI's only deferred imports besides the executor in `apply` and `rollback`.
+pattern; the other deferred imports say what they save on their line.
 """
 
 from __future__ import annotations
@@ -80,7 +80,10 @@ def main() -> None:
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
-    except click.Abort:
+    except click.Abort as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+            click.echo("interrupted", err=True)
+            sys.exit(int(ExitCode.HOST_ERROR))
         click.echo("aborted: nothing was changed", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -46,7 +46,10 @@ def instances(
 
 
 def server_parallel(profile: Profile) -> int:
-    """OLLAMA_NUM_PARALLEL: one value for the whole server, the largest any model asks for."""
+    """OLLAMA_NUM_PARALLEL: one value for the whole server, the largest any model asks for.
+
+    Taken over every profile model, a left-out one too: the estimate needs it before the fit
+    knows what is left out, and rendering the same value keeps the two in step."""
     return max((m.parallel for m in profile.models), default=1)
 
 
@@ -132,7 +135,7 @@ def _ollama_single(
         models=tuple(p.name for p in placed),
     )
     served = [replace(p, units=(paths.OLLAMA_UNIT,) if p.placed else ()) for p in placements]
-    models = with_ollama_view(gpus, served, spread, version)
+    models = with_ollama_view(gpus, served, spread, version, all_resident)
     return Layout((instance,), models, None, warnings)
 
 

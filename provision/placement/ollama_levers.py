@@ -34,6 +34,7 @@ def with_ollama_view(
     placements: Sequence[ModelPlacement],
     spread: bool,
     version: str | None,
+    all_resident: bool = True,
 ) -> tuple[ModelPlacement, ...]:
     """Each placement with `ollama_gpus`, `ollama_reason` and, where needed, `main_gpu` set."""
     if not uses_llama_server(version):
@@ -48,6 +49,8 @@ def with_ollama_view(
             viewed[i] = p
             continue
         viewed[i] = _view(visible, p, spread, resident)
+        if not all_resident:
+            continue  # OLLAMA_MAX_LOADED_MODELS=1: each model loads onto emptied GPUs
         for share in p.fit.shares:
             resident[share.gpu.index] = (
                 resident.get(share.gpu.index, 0) + share.footprint.total_bytes
@@ -56,8 +59,9 @@ def with_ollama_view(
 
 
 def _free(gpu: Gpu, resident: dict[int, int]) -> int:
-    used = (gpu.memory_used_bytes or 0) + resident.get(gpu.index, 0)
-    return max(gpu.memory_total_bytes - used, 0)
+    """updateFreeSpace: the reported free memory, or total less what runners hold if lower."""
+    reported = gpu.memory_total_bytes - (gpu.memory_used_bytes or 0)
+    return max(min(reported, gpu.memory_total_bytes - resident.get(gpu.index, 0)), 0)
 
 
 def _view(

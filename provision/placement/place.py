@@ -218,7 +218,7 @@ def _context_warnings(profile: Profile, specs: Mapping[str, ModelSpec]) -> list[
         if trained and m.ctx > trained:
             warnings.append(
                 f"{m.ref}: ctx {m.ctx} is above the {trained} tokens it was trained on: "
-                f"planned and rendered at {trained}"
+                f"planned and rendered at {trained} (the model keeps its name)"
             )
     return warnings
 

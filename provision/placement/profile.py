@@ -103,7 +103,9 @@ class _LineLoader(yaml.SafeLoader):
         seen: set[object] = set()
         for key, _ in node.value:
             # YAML lets a later duplicate silently win; in a profile that loses a setting.
-            value = getattr(key, "value", None)
+            if not isinstance(key, yaml.ScalarNode):
+                continue  # a complex key: SafeLoader itself refuses it below
+            value = key.value
             if value in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key '{value}': remove one of the two", key.start_mark
