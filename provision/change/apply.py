@@ -37,9 +37,8 @@ from provision.errors import HostError, ProvisionError, RolledBack
 from provision.paths import LOCK_PATH, MANIFEST_PATH, SYSTEMD_DIR, reachable
 
 KILL_AT_STEP_ENV = "PROVISION_TEST_KILL_AT_STEP"  # test hook: SIGKILL before action k
-CHECKED = frozenset(
-    {ActionKind.RESTART, ActionKind.RELOAD}
-)  # then the unit must be active, its port open
+# After these the unit must be active and its port open.
+CHECKED = frozenset({ActionKind.RESTART, ActionKind.RELOAD})
 COMMAND_TIMEOUT_S = 120.0  # restarts of a big model server can take a while
 PULL_TIMEOUT_S = 6 * 3600.0  # a 70B base model over a slow link
 

@@ -88,7 +88,6 @@ def _coloured(line: str, colour: bool) -> str:
 
 
 def _action_line(index: int, action: Action, force: bool) -> str:
-
     line = f"{index + 1:>3}. {describe(action)}"
     if action.skipped_offline:
         line += "  [skipped: offline root]"

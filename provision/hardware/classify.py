@@ -106,6 +106,11 @@ def gpu_label(gpu: Gpu) -> str:
     return f"GPU {gpu.index} ({short_name(gpu)})"
 
 
+def gpu_labels(gpus: Iterable[Gpu]) -> str:
+    """`GPU 0 (RTX 3090), GPU 1 (RTX 3090)`: for reasons that name several cards."""
+    return ", ".join(gpu_label(g) for g in gpus)
+
+
 def gpu_list(gpus: Iterable[Gpu]) -> str:
     labels = [gpu_label(g) for g in gpus]
     if len(labels) <= 1:

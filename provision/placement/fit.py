@@ -8,7 +8,7 @@ what would.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from itertools import combinations
@@ -69,6 +69,15 @@ class FitResult:
     @property
     def gpu_total_bytes(self) -> int:
         return sum(s.footprint.total_bytes for s in self.shares)
+
+
+def resident_bytes(results: Iterable[FitResult]) -> dict[int, int]:
+    """GPU index -> bytes the placed models' footprints hold on it together."""
+    used: dict[int, int] = {}
+    for result in results:
+        for share in result.shares:
+            used[share.gpu.index] = used.get(share.gpu.index, 0) + share.footprint.total_bytes
+    return used
 
 
 def usable_free_bytes(gpu: Gpu) -> int:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from provision import ollama, paths
 from provision.errors import InputError
-from provision.hardware.classify import TraitKind, classify, gpu_label
+from provision.hardware.classify import TraitKind, classify, gpu_label, gpu_labels
 from provision.hardware.rig import Gpu, Rig
 from provision.models.estimate import KvType, Runtime
 from provision.placement.decisions import Balancer, Instance, ModelPlacement
@@ -105,7 +105,7 @@ def _ollama_single(
         *_common_ollama_env(profile, placed),
         ("OLLAMA_MAX_LOADED_MODELS", str(len(placed) if all_resident else 1)),
     ]
-    reasons = [f"one Ollama sees {_gpu_names(gpus)} by UUID, fastest first"]
+    reasons = [f"one Ollama sees {gpu_labels(gpus)} by UUID, fastest first"]
     warnings = []
     if not all_resident:
         warnings.append(
@@ -177,10 +177,6 @@ def _explicit_split(
 def _layer_units(share: GpuShare) -> int:
     """Layers a device runs as llama.cpp counts them: the output head is one more."""
     return len(share.footprint.layers) + int(share.footprint.holds_output)
-
-
-def _gpu_names(gpus: Sequence[Gpu]) -> str:
-    return ", ".join(gpu_label(g) for g in gpus)
 
 
 def _replica_gpus(rig: Rig, profile: Profile, placements: Sequence[ModelPlacement]) -> list[Gpu]:

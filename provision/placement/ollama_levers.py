@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from provision.hardware.classify import gpu_label
+from provision.hardware.classify import gpu_label, gpu_labels
 from provision.hardware.rig import Gpu
 from provision.placement.decisions import ModelPlacement
-from provision.placement.fit import Verdict
+from provision.placement.fit import FitResult, Verdict, resident_bytes
 from provision.placement.ollama_scheduler import (
     SINGLE_GPU_PERCENT,
     SchedGpu,
@@ -40,7 +40,7 @@ def with_ollama_view(
     if not uses_llama_server(version):
         why = f"Ollama {version} places models with its own estimate, which is not modelled here"
         return tuple(replace(p, ollama_reason=why) if p.placed else p for p in placements)
-    resident: dict[int, int] = {}
+    loaded: list[FitResult] = []  # what Ollama's runners hold when the next model loads
     viewed: dict[int, ModelPlacement] = {}
     order = sorted(range(len(placements)), key=lambda i: -placements[i].spec.weight_bytes)
     for i in order:
@@ -48,13 +48,9 @@ def with_ollama_view(
         if not p.placed:
             viewed[i] = p
             continue
-        viewed[i] = _view(visible, p, spread, resident)
-        if not all_resident:
-            continue  # OLLAMA_MAX_LOADED_MODELS=1: each model loads onto emptied GPUs
-        for share in p.fit.shares:
-            resident[share.gpu.index] = (
-                resident.get(share.gpu.index, 0) + share.footprint.total_bytes
-            )
+        viewed[i] = _view(visible, p, spread, resident_bytes(loaded))
+        if all_resident:  # else OLLAMA_MAX_LOADED_MODELS=1: each model loads onto emptied GPUs
+            loaded.append(p.fit)
     return tuple(viewed[i] for i in range(len(placements)))
 
 
@@ -100,7 +96,7 @@ def _view(
 
 def _names(visible: Sequence[Gpu], indices: Sequence[int]) -> str:
     by_index = {g.index: g for g in visible}
-    return ", ".join(gpu_label(by_index[i]) for i in indices)
+    return gpu_labels(by_index[i] for i in indices)
 
 
 def _basis(predicted: int, visible: Sequence[Gpu], sched: Sequence[SchedGpu]) -> str:

@@ -13,13 +13,13 @@ from dataclasses import replace
 
 from provision import ollama, paths
 from provision.errors import InputError
-from provision.hardware.classify import TraitKind, classify, gpu_label
+from provision.hardware.classify import TraitKind, classify, gpu_label, gpu_labels
 from provision.hardware.rig import Rig
 from provision.models.estimate import KvType, RunSettings, Runtime
 from provision.models.spec import ModelSpec
 from provision.placement import instances, power
 from provision.placement.decisions import ModelPlacement, Placement
-from provision.placement.fit import FitResult, Verdict, fit_model, whole_fit
+from provision.placement.fit import FitResult, Verdict, fit_model, resident_bytes, whole_fit
 from provision.placement.instances import server_parallel
 from provision.placement.ollama_scheduler import flash_attention_supported
 from provision.placement.profile import ModelEntry, Profile
@@ -62,10 +62,7 @@ def _pinned_rig(rig: Rig, entry: ModelEntry, at: str) -> Rig:
 
 def _with_resident(rig: Rig, placed: Sequence[FitResult]) -> Rig:
     """The rig as the next model sees it: earlier models' footprints count as used."""
-    used: dict[int, int] = {}
-    for result in placed:
-        for share in result.shares:
-            used[share.gpu.index] = used.get(share.gpu.index, 0) + share.footprint.total_bytes
+    used = resident_bytes(placed)
     gpus = tuple(
         replace(
             g,
@@ -136,7 +133,7 @@ def place(rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec]) -> Placeme
             # Ollama would fall back to the CPU there; on a rig of only such cards (a K80 box
             # with a legacy build) they are all that there is, so they stay.
             rig_for_models = replace(rig, gpus=supported)
-            left_out = ", ".join(gpu_label(g) for g in rig.gpus if g.index in below.gpus)
+            left_out = gpu_labels(g for g in rig.gpus if g.index in below.gpus)
             warnings.append(f"{left_out} left out of Ollama's GPUs: below its support floor")
     flash_ok = _flash_attention_ok(rig_for_models, profile, version, warnings)
     fits, all_resident = _fit_all(rig_for_models, profile, specs, legacy, flash_ok)
@@ -144,7 +141,7 @@ def place(rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec]) -> Placeme
     if not profile.is_loopback:
         warnings.append(_exposure_warning(profile))
     placements = [
-        _model_placement(profile, entry, specs[entry.ref], fit, flash_ok)
+        _model_placement(profile, entry, specs[entry.ref], fit)
         for entry, fit in ((profile.models[i], f) for i, f in fits)
     ]
     for mp in placements:
@@ -236,7 +233,7 @@ def _parallel_warnings(profile: Profile) -> list[str]:
 
 
 def _model_placement(
-    profile: Profile, entry: ModelEntry, spec: ModelSpec, fit: FitResult, flash_ok: bool
+    profile: Profile, entry: ModelEntry, spec: ModelSpec, fit: FitResult
 ) -> ModelPlacement:
     num_gpu = None
     if fit.verdict == Verdict.PARTIAL_OFFLOAD:
@@ -252,7 +249,7 @@ def _model_placement(
         name=name,
         spec=spec,
         fit=fit,
-        settings=settings_for(entry, profile, flash_ok, spec.ctx_train),
+        settings=fit.settings,  # the settings the fit was made with, computed once
         units=(),
         modelfile_path=modelfile if fit.verdict != Verdict.NO_FIT else None,
         num_gpu=num_gpu,
