@@ -45,6 +45,9 @@ class DesiredPower:
     target_w: float
     default_w: float | None
     reason: str
+    # AMD: the card's PCI device directory (its hwmon power1_cap takes the cap in microwatts);
+    # None: an NVIDIA card, set with nvidia-smi by UUID.
+    device: str | None = None
 
 
 @dataclass(frozen=True)

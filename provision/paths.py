@@ -38,6 +38,16 @@ INSTANCE_ENV_DIR = "/etc/provision/ollama"  # one <n>.env per ollama@<n>.service
 NGINX_UNIT = "nginx.service"
 NGINX_SITE = "/etc/nginx/conf.d/provision-ollama.conf"
 POWER_UNIT = "gpu-power-limits.service"
+# amdgpu forgets a power cap on suspend/resume: this oneshot sets the caps again after one.
+POWER_RESUME_UNIT = "gpu-power-limits-resume.service"
+# Writes an AMD card's cap to the hwmon below its PCI device directory, found when it runs.
+AMDGPU_POWER_SCRIPT = "/usr/local/libexec/provision/amdgpu-power-cap"
+SLEEP_TARGETS = (
+    "suspend.target",
+    "hibernate.target",
+    "hybrid-sleep.target",
+    "suspend-then-hibernate.target",
+)
 MODELFILE_DIR = "/etc/provision/modelfiles"
 
 # --- the runtimes' own files -----------------------------------------------------------------

@@ -24,13 +24,18 @@ from provision.typed_load import to_plain
 
 
 def desired_state(
-    rig: Rig, profile_ref: str | None, environ: Mapping[str, str], allow_partial: bool = False
+    rig: Rig,
+    profile_ref: str | None,
+    environ: Mapping[str, str],
+    allow_partial: bool = False,
+    sysfs_root: str = "/sys",
 ) -> tuple[Placement, DesiredState]:
     """A model that cannot be placed is an error (exit 2) unless `allow_partial`: a plan that
-    silently serves less than the profile asks for is what an operator finds out too late."""
+    silently serves less than the profile asks for is what an operator finds out too late.
+    `sysfs_root` is where the target's sysfs is: AMD power caps are written below it."""
     profile = load_profile(profile_ref)
     specs = {entry.ref: resolve(entry.ref, environ) for entry in profile.models}
-    placement = place(rig, profile, specs)
+    placement = place(rig, profile, specs, sysfs_root)
     _refuse_dropped(placement, allow_partial)
     desired = replace(
         render(placement), profile_digest=profile_digest(profile), rig_digest=rig_digest(rig)

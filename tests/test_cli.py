@@ -29,7 +29,7 @@ def test_probe_json_is_the_snapshot_plus_traits(sample_rig_file: Path, tmp_path:
     result = run_provision("probe", "--rig", str(sample_rig_file), "--json")
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert document["schema"] == 1
+    assert document["schema"] == 2
     assert [g["index"] for g in document["gpus"]] == [0, 1]
     kinds = {t["kind"] for t in document["traits"]}
     assert kinds == {"gpu_count", "symmetric"}

@@ -32,7 +32,9 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"hardware", "models"}),
     frozenset({"command"}),
     # Shared leaves: they may import each other, nothing else.
-    frozenset({"errors", "typed_load", "desired", "paths", "ollama", "assets", "units", ""}),
+    frozenset(
+        {"errors", "typed_load", "desired", "paths", "ollama", "rocm", "assets", "units", ""}
+    ),
 )
 # The change engine and verify know the world only through DesiredState, the manifest, paths
 # and ollama: a dry run cannot disagree with a real run, and verify runs without the rig.
@@ -57,6 +59,7 @@ PURE = frozenset(
         "provision.desired",
         "provision.paths",
         "provision.ollama",
+        "provision.rocm",
         "provision.units",
         "provision.hardware.classify",
         "provision.models.spec",

@@ -36,7 +36,7 @@ def _error_for(data: dict, name: str = "bad.yaml") -> InputError:
 
 def test_unknown_schema_is_refused(sample_rig_file: Path) -> None:
     data = _plain(sample_rig_file)
-    data["schema"] = 2
+    data["schema"] = 3
     error = _error_for(data)
     assert "bad.yaml" in error.message and "'schema'" in error.message
 

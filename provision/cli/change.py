@@ -134,6 +134,7 @@ def _refused_anyway(plan: Plan) -> None:
 def diff(
     ctx: click.Context,
     rig_file: Path | None,
+    sysfs: Path,
     root: Path,
     as_json: bool,
     profile_ref: str | None,
@@ -145,7 +146,7 @@ def diff(
 
     Exit status 0 when the host is in sync, 1 when changes are pending.
     """
-    desired, warnings = load_desired(rig_file, profile_ref, desired_json, allow_partial)
+    desired, warnings = load_desired(rig_file, sysfs, profile_ref, desired_json, allow_partial)
     host = Host.at(root)
     plan = make_plan(desired, observe(host, desired))
     if as_json:
@@ -216,6 +217,7 @@ def _outcome_to_plain(outcome: Outcome | None, host: Host, plan: Plan) -> dict[s
 )
 def apply(
     rig_file: Path | None,
+    sysfs: Path,
     root: Path,
     as_json: bool,
     profile_ref: str | None,
@@ -235,7 +237,7 @@ def apply(
     # lazy: the executor (sockets, locks, backups) is not needed by diff, which shares this module
     from provision.change.apply import Settings, execute, locked
 
-    desired, warnings = load_desired(rig_file, profile_ref, desired_json, allow_partial)
+    desired, warnings = load_desired(rig_file, sysfs, profile_ref, desired_json, allow_partial)
     host = Host.at(root)
     # Before anything else, and before the confirmation: what the plan warns about.
     print_warnings(warnings)
@@ -297,6 +299,7 @@ def _done(outcome: Outcome | None, host: Host, plan: Plan, as_json: bool) -> Non
 @click.option("--list", "list_only", is_flag=True, help="List the complete backups and exit.")
 def rollback(
     rig_file: Path | None,
+    sysfs: Path,
     root: Path,
     as_json: bool,
     yes: bool,

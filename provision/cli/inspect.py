@@ -45,6 +45,7 @@ def fit(
     kv_type: str,
     runtime: str,
     rig_file: Path | None,
+    sysfs: Path,
     root: Path,
     as_json: bool,
 ) -> None:
@@ -55,7 +56,7 @@ def fit(
     for name, value in (("--ctx", ctx), ("--parallel", parallel)):
         if value <= 0:
             raise InputError(f"{name} must be a positive number of tokens/requests, got {value}")
-    rig = read_rig(rig_file)
+    rig = read_rig(rig_file, sysfs)
     spec = resolve(model, os.environ)
     settings = RunSettings(
         ctx_tokens=ctx, parallel=parallel, kv_type=KvType(kv_type), runtime=Runtime(runtime)
@@ -79,11 +80,16 @@ def fit(
 @profile_option
 @json_option
 def plan(
-    rig_file: Path | None, root: Path, profile_ref: str | None, allow_partial: bool, as_json: bool
+    rig_file: Path | None,
+    sysfs: Path,
+    root: Path,
+    profile_ref: str | None,
+    allow_partial: bool,
+    as_json: bool,
 ) -> None:
     """Decide where each model runs, with reasons, and list the files it would write."""
-    rig = read_rig(rig_file)
-    placement, desired = desired_state(rig, profile_ref, os.environ, allow_partial)
+    rig = read_rig(rig_file, sysfs)
+    placement, desired = desired_state(rig, profile_ref, os.environ, allow_partial, str(sysfs))
     if as_json:
         click.echo(json.dumps(placement_to_plain(placement, desired), indent=2))
     else:

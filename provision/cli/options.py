@@ -25,7 +25,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def rig_options(func: F) -> F:
-    """`--rig` and `--root`."""
+    """`--rig`, `--sysfs` and `--root`."""
+    func = click.option(
+        "--sysfs",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("/sys"),
+        show_default=True,
+        help="Read AMD GPUs from this tree as /sys; the power unit writes caps below it.",
+    )(func)
     func = click.option(
         "--root",
         type=click.Path(file_okay=False, path_type=Path),
@@ -70,19 +77,22 @@ def desired_options(func: F) -> F:
     return profile_option(func)
 
 
-def read_rig(rig_file: Path | None) -> Rig:
-    """The recorded snapshot, or a live NVML probe."""
+def read_rig(rig_file: Path | None, sysfs: Path) -> Rig:
+    """The recorded snapshot, or a live probe (NVML, and `sysfs` for AMD cards)."""
     if rig_file is not None:
         from provision.hardware.rig import load_rig  # lazy: start-up speed (yaml)
 
         return load_rig(rig_file)
-    from provision.hardware.nvml import probe_rig  # lazy: start-up speed (pynvml)
+    # lazy: start-up speed (a --rig command never loads the probe)
+    from provision.hardware.probe import probe_box
+    from provision.hardware.sysfs import Sysfs
 
-    return probe_rig()
+    return probe_box(Sysfs(sysfs))
 
 
 def load_desired(
     rig_file: Path | None,
+    sysfs: Path,
     profile_ref: str | None,
     desired_json: Path | None,
     allow_partial: bool = False,
@@ -92,8 +102,8 @@ def load_desired(
         return desired_from_json(desired_json), ()
     from provision.pipeline import desired_state  # lazy: the engine alone needs no placement
 
-    rig = read_rig(rig_file)
-    placement, desired = desired_state(rig, profile_ref, os.environ, allow_partial)
+    rig = read_rig(rig_file, sysfs)
+    placement, desired = desired_state(rig, profile_ref, os.environ, allow_partial, str(sysfs))
     return desired, placement.warnings
 
 

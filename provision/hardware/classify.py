@@ -11,7 +11,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from provision.hardware.rig import Gpu, Rig
+from provision import rocm
+from provision.hardware.rig import Gpu, Rig, Vendor
 from provision.units import gib
 
 # Same VRAM within this ratio counts as equal: vBIOS reservations differ by a few MiB.
@@ -45,6 +46,12 @@ class TraitKind(StrEnum):
     LEGACY_GPU = "legacy_gpu"
     BELOW_RUNTIME_FLOOR = "below_runtime_floor"
     MIG_ENABLED = "mig_enabled"
+    MIXED_VENDOR = "mixed_vendor"
+    MIXED_AMD_ARCH = "mixed_amd_arch"
+    XGMI_HIVE = "xgmi_hive"
+    AMD_NEEDS_GFX_OVERRIDE = "amd_needs_gfx_override"
+    AMD_IGPU = "amd_igpu"
+    AMD_NOT_IN_KFD = "amd_not_in_kfd"
 
 
 class Severity(StrEnum):
@@ -93,13 +100,19 @@ def classify(rig: Rig) -> RigTraits:
         _legacy_gpu(gpus),
         _below_ollama_floor(rig),
         _mig_enabled(gpus),
+        _mixed_vendor(gpus),
+        _mixed_amd_arch(gpus),
+        _xgmi_hive(gpus),
+        _needs_gfx_override(rig),
+        _amd_igpu(gpus),
+        _not_in_kfd(gpus),
     ]
     return RigTraits(tuple(t for t in found if t is not None))
 
 
 def short_name(gpu: Gpu) -> str:
     """'NVIDIA GeForce RTX 3090' -> 'RTX 3090': the part an operator recognises."""
-    return gpu.name.removeprefix("NVIDIA ").removeprefix("GeForce ")
+    return gpu.name.removeprefix("NVIDIA ").removeprefix("GeForce ").removeprefix("AMD ")
 
 
 def gpu_label(gpu: Gpu) -> str:
@@ -161,7 +174,13 @@ def _compute_key(gpu: Gpu) -> tuple[str | None, str | None]:
 
 
 def _mixed_compute(gpus: Sequence[Gpu]) -> Trait | None:
-    known = [g for g in gpus if g.compute_capability is not None or g.architecture is not None]
+    # NVIDIA against NVIDIA: AMD cards have mixed_amd_arch, both vendors mixed_vendor.
+    known = [
+        g
+        for g in gpus
+        if g.vendor == Vendor.NVIDIA
+        and (g.compute_capability is not None or g.architecture is not None)
+    ]
     if len({_compute_key(g) for g in known}) < 2:
         return None
     described = ", ".join(
@@ -324,8 +343,27 @@ def _driver_major(driver_version: str | None) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def _ollama_floor_problem(gpu: Gpu, driver_major: int | None, driver: str | None) -> str | None:
+def _ollama_rocm_problem(gpu: Gpu, version: str | None) -> str | None:
+    """An AMD card Ollama's ROCm build has no kernels for, and no override maps onto one: it
+    drops the card ("no rocblas support for gfx target", discover/amd.go)."""
+    gfx = gpu.amd.gfx_target if gpu.amd is not None else None
+    if gfx is None or not gpu.amd or not gpu.amd.rocm_usable or gpu.amd.integrated:
+        return None  # reported by amd_not_in_kfd / amd_igpu instead
+    if gfx in rocm.ollama_targets(version) or rocm.override_for(gfx, version):
+        return None
+    return (
+        f"{gfx} has no ROCm kernels in Ollama {version or '(current)'} and no supported "
+        "neighbour to map it onto: Ollama runs it through Vulkan or not at all (a llama.cpp "
+        f"build with GPU_TARGETS={gfx} still can)"
+    )
+
+
+def _ollama_floor_problem(
+    gpu: Gpu, driver_major: int | None, driver: str | None, version: str | None
+) -> str | None:
     """Why this GPU is below Ollama's floor, in words shared by every GPU with the same problem."""
+    if gpu.amd is not None:
+        return _ollama_rocm_problem(gpu, version)
     cc = gpu.compute_capability_tuple
     if cc is None:
         return None
@@ -345,7 +383,7 @@ def _below_ollama_floor(rig: Rig) -> Trait | None:
     major = _driver_major(driver)
     by_problem: dict[str, list[Gpu]] = defaultdict(list)
     for gpu in rig.gpus:
-        problem = _ollama_floor_problem(gpu, major, driver)
+        problem = _ollama_floor_problem(gpu, major, driver, rig.host.runtimes.get("ollama"))
         if problem is not None:
             by_problem[problem].append(gpu)
     if not by_problem:
@@ -366,3 +404,103 @@ def _mig_enabled(gpus: Sequence[Gpu]) -> Trait | None:
         "disable it (nvidia-smi -i N -mig 0, then reset the GPU) to place models on whole GPUs"
     )
     return _trait(TraitKind.MIG_ENABLED, Severity.WARNING, mig, reason)
+
+
+def _amd(gpus: Sequence[Gpu]) -> list[Gpu]:
+    return [g for g in gpus if g.amd is not None]
+
+
+def _mixed_vendor(gpus: Sequence[Gpu]) -> Trait | None:
+    vendors = {g.vendor for g in gpus}
+    if len(vendors) < 2:
+        return None
+    by_vendor = "; ".join(
+        f"{vendor}: {gpu_labels(g for g in gpus if g.vendor == vendor)}"
+        for vendor in sorted(vendors)
+    )
+    reason = (
+        f"NVIDIA and AMD GPUs in one box ({by_vendor}): a model is never split across vendors "
+        "(Ollama and llama.cpp keep CUDA and ROCm devices apart); each unit names its cards "
+        "with its vendor's variable, and AMD units set HIP_VISIBLE_DEVICES because HIP also "
+        "obeys CUDA_VISIBLE_DEVICES (to be checked on real hardware)"
+    )
+    return _trait(TraitKind.MIXED_VENDOR, Severity.WARNING, gpus, reason)
+
+
+def _mixed_amd_arch(gpus: Sequence[Gpu]) -> Trait | None:
+    amd = [g for g in _amd(gpus) if g.amd and g.amd.gfx_target and not g.amd.integrated]
+    if len({g.architecture for g in amd}) < 2:
+        return None
+    described = ", ".join(
+        f"{gpu_label(g)} {g.amd.gfx_target if g.amd else '?'} {g.architecture or ''}".rstrip()
+        for g in amd
+    )
+    reason = (
+        f"AMD architectures differ ({described}): a split needs a runtime built for every "
+        "target, overrides are set per KFD node (HSA_OVERRIDE_GFX_VERSION_<node>), and the "
+        "slower card sets the pace: keep models that fit the faster card on it"
+    )
+    return _trait(TraitKind.MIXED_AMD_ARCH, Severity.WARNING, amd, reason)
+
+
+def _xgmi_hive(gpus: Sequence[Gpu]) -> Trait | None:
+    hives: dict[int, list[Gpu]] = defaultdict(list)
+    for g in _amd(gpus):
+        if g.amd and g.amd.xgmi_hive_id:
+            hives[g.amd.xgmi_hive_id].append(g)
+    members = [g for hive in hives.values() if len(hive) > 1 for g in hive]
+    if not members:
+        return None
+    reason = (
+        f"XGMI (Infinity Fabric) hive joins {gpu_list(members)}: it helps tensor-parallel "
+        "runtimes; a layer split passes little data between cards and gains little"
+    )
+    return _trait(TraitKind.XGMI_HIVE, Severity.INFO, members, reason)
+
+
+def _needs_gfx_override(rig: Rig) -> Trait | None:
+    version = rig.host.runtimes.get("ollama")
+    needing = [
+        (g, value)
+        for g in _amd(rig.gpus)
+        if g.amd
+        and g.amd.gfx_target
+        and g.amd.rocm_usable
+        and not g.amd.integrated
+        and (value := rocm.override_for(g.amd.gfx_target, version))
+    ]
+    if not needing:
+        return None
+    listed = ", ".join(
+        f"{gpu_label(g)} ({g.amd.gfx_target if g.amd else '?'}, KFD node "
+        f"{g.amd.kfd_node if g.amd else '?'}) as {value}"
+        for g, value in needing
+    )
+    reason = (
+        f"ROCm has no kernels for these targets, but for a neighbour in their family: {listed} "
+        "through HSA_OVERRIDE_GFX_VERSION (rendered per card where cards differ)"
+    )
+    return _trait(TraitKind.AMD_NEEDS_GFX_OVERRIDE, Severity.INFO, (g for g, _ in needing), reason)
+
+
+def _amd_igpu(gpus: Sequence[Gpu]) -> Trait | None:
+    igpus = [g for g in _amd(gpus) if g.amd and g.amd.integrated]
+    if not igpus:
+        return None
+    reason = (
+        f"integrated GPU: {gpu_list(igpus)} shares system memory and is left out of every "
+        "unit (ROCR_VISIBLE_DEVICES names only the discrete cards): pulled into a split it "
+        "slows or crashes it"
+    )
+    return _trait(TraitKind.AMD_IGPU, Severity.INFO, igpus, reason)
+
+
+def _not_in_kfd(gpus: Sequence[Gpu]) -> Trait | None:
+    skipped = [g for g in _amd(gpus) if g.amd and not g.amd.rocm_usable]
+    if not skipped:
+        return None
+    reasons = "; ".join(
+        f"{gpu_label(g)} at {g.pci_bus_id}: {g.amd.rocm_reason if g.amd else ''}" for g in skipped
+    )
+    reason = f"present but not usable by ROCm, left out: {reasons}"
+    return _trait(TraitKind.AMD_NOT_IN_KFD, Severity.WARNING, skipped, reason)

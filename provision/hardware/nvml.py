@@ -34,6 +34,11 @@ ARCHITECTURES: dict[int, str] = {
 _NO_GPU_HINT = "or pass a recorded snapshot with --rig FILE"
 
 
+class NvmlAbsent(HostError):
+    """No NVIDIA driver on this host (library missing or module not loaded): on a box with
+    other GPUs that is no error."""
+
+
 def probe_rig() -> Rig:
     """Read every GPU in NVML index order and the host; raises HostError when NVML fails."""
     # pynvml is imported here, not at the top, so that commands reading --rig never load it.
@@ -55,6 +60,7 @@ def probe_rig() -> Rig:
         driver_version=driver,
         cuda_driver_version=cuda,
         nvml_version=nvml_version,
+        amdgpu_version=None,
         runtimes=system.detect_runtimes(),
     )
     return Rig(host=host, gpus=gpus)
@@ -90,9 +96,11 @@ def _init(nvml: Any) -> None:
     try:
         nvml.nvmlInit()
     except nvml.NVMLError as exc:
+        absent = (nvml.NVMLError_LibraryNotFound, nvml.NVMLError_DriverNotLoaded)
         for cause, message, hint in causes:
             if isinstance(exc, cause):
-                raise HostError(f"{message} (NVML: {exc})", hint=hint) from None
+                error = NvmlAbsent if isinstance(exc, absent) else HostError
+                raise error(f"{message} (NVML: {exc})", hint=hint) from None
         raise HostError(
             f"NVML failed to start: {exc}", hint=f"check that 'nvidia-smi' works, {_NO_GPU_HINT}"
         ) from None
@@ -163,6 +171,7 @@ def _read_gpu(nvml: Any, index: int) -> Gpu:
         display_active=_flag(_or_none(nvml, nvml.nvmlDeviceGetDisplayActive, handle)),
         persistence_mode=_flag(_or_none(nvml, nvml.nvmlDeviceGetPersistenceMode, handle)),
         mig_enabled=None if mig is None else mig[0] == nvml.NVML_DEVICE_MIG_ENABLE,
+        amd=None,
     )
 
 

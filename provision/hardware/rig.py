@@ -1,8 +1,9 @@
 """The rig: what the probe saw, as frozen dataclasses, and the versioned snapshot file format.
 
-A snapshot (`schema: 1`, YAML or JSON) is what `provision probe --save` writes and what every
+A snapshot (`schema: 2`, YAML or JSON) is what `provision probe --save` writes and what every
 command reads with `--rig`. A reading the hardware did not give is `None` (`null` in the file),
-never a guessed value.
+never a guessed value. Schema 2 added the AMD facts (`gpus[].amd`, `host.amdgpu_version`);
+a schema 1 file still reads, with those null.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import yaml
 from provision.errors import InputError
 from provision.typed_load import FieldError, from_plain, to_plain
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 
 _COMPUTE_CAPABILITY = re.compile(r"^\d+\.\d+$")
 # NVML reports the 32-bit domain form (00000000:01:00.0); lspci and sysfs the 16-bit one.
+_UNIQUE_ID = re.compile(r"^[0-9a-f]{16}$")
 _PCI_BUS_ID = re.compile(r"^[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]$")
 
 
@@ -59,6 +62,23 @@ class PowerLimits:
 
 
 @dataclass(frozen=True)
+class AmdInfo:
+    """What only an AMD GPU has: ROCm's view of it (KFD topology) and how it is joined."""
+
+    gfx_target: str | None  # "gfx1100": the compiler target KFD reports, not the IP version
+    kfd_node: int | None  # KFD topology node number (the CPU is 0); None: KFD skipped the card
+    render_minor: int | None  # /dev/dri/renderD<N>
+    unique_id: str | None  # 16 lower-case hex digits; None on GFX8 and older
+    xgmi_hive_id: int | None  # None: not in an XGMI hive
+    xgmi_peers: tuple[str, ...]  # PCI bus ids of the GPUs it reaches over XGMI
+    integrated: bool  # an APU's iGPU: shares system memory
+    rocm_usable: bool
+    rocm_reason: str | None  # why ROCm cannot use it, when it cannot
+    memory_visible_bytes: int | None  # the CPU-visible part of VRAM (the BAR)
+    gtt_total_bytes: int | None  # system memory the GPU can map
+
+
+@dataclass(frozen=True)
 class Gpu:
     index: int
     uuid: str
@@ -75,6 +95,7 @@ class Gpu:
     display_active: bool | None
     persistence_mode: bool | None
     mig_enabled: bool | None
+    amd: AmdInfo | None  # None for NVIDIA
 
     @property
     def compute_capability_tuple(self) -> tuple[int, int] | None:
@@ -93,6 +114,9 @@ class Host:
     driver_version: str | None
     cuda_driver_version: str | None
     nvml_version: str | None
+    # The amdgpu kernel driver: its DKMS version, "in-tree" when loaded without one, None when
+    # it is not loaded.
+    amdgpu_version: str | None
     # Installed runtimes by name (ollama, llama-server, nvidia-smi); the value is the version it
     # reported, or None when it is installed but its version could not be read.
     runtimes: Mapping[str, str | None] = field(default_factory=dict)
@@ -119,19 +143,35 @@ class _Snapshot:
 
 def rig_from_plain(data: object) -> Rig:
     """Validate parsed snapshot data; raises FieldError naming the offending field."""
-    if isinstance(data, dict) and data.get("schema") != SCHEMA_VERSION:
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if isinstance(data, dict) and schema not in READABLE_SCHEMAS:
         raise FieldError(
             "schema",
-            f"unsupported snapshot schema {data.get('schema')!r} "
-            f"(this version reads {SCHEMA_VERSION})",
+            f"unsupported snapshot schema {schema!r} "
+            f"(this version reads {', '.join(map(str, READABLE_SCHEMAS))})",
         )
     if isinstance(data, dict) and "traits" in data:
         # `probe --json` adds the derived traits; they are recomputed, never read back.
         data = {k: v for k, v in data.items() if k != "traits"}
+    if isinstance(data, dict) and schema == 1:
+        data = _upgrade_schema_1(data)
     snapshot = from_plain(_Snapshot, data)
     rig = Rig(host=snapshot.host, gpus=snapshot.gpus)
     _check_values(rig)
     return rig
+
+
+def _upgrade_schema_1(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 had no AMD facts: they read as null."""
+    upgraded = dict(data)
+    if isinstance(data.get("host"), dict) and "amdgpu_version" not in data["host"]:
+        upgraded["host"] = {**data["host"], "amdgpu_version": None}
+    if isinstance(data.get("gpus"), list):
+        upgraded["gpus"] = [
+            {**g, "amd": None} if isinstance(g, dict) and "amd" not in g else g
+            for g in data["gpus"]
+        ]
+    return upgraded
 
 
 def rig_to_plain(rig: Rig) -> dict[str, Any]:
@@ -186,11 +226,33 @@ def _check_gpu(gpu: Gpu, path: str) -> None:
     power = gpu.power
     if power.min_w is not None and power.max_w is not None and power.min_w > power.max_w:
         raise FieldError(f"{path}.power.min_w", f"{power.min_w} W is above max_w {power.max_w} W")
+    if gpu.amd is not None:
+        _check_amd(gpu, gpu.amd, path)
     for link_position, link in enumerate(gpu.nvlink):
         if not _PCI_BUS_ID.match(link.peer_pci_bus_id):
             raise FieldError(
                 f"{path}.nvlink[{link_position}].peer_pci_bus_id",
                 f"expected a PCI bus id, got {link.peer_pci_bus_id!r}",
+            )
+
+
+def _check_amd(gpu: Gpu, amd: AmdInfo, path: str) -> None:
+    if gpu.vendor != Vendor.AMD:
+        raise FieldError(f"{path}.amd", f"only an AMD GPU has AMD facts (vendor is {gpu.vendor})")
+    if amd.unique_id is not None:
+        if not _UNIQUE_ID.match(amd.unique_id):
+            raise FieldError(
+                f"{path}.amd.unique_id", f"expected 16 lower-case hex digits, got {amd.unique_id!r}"
+            )
+        if gpu.uuid != f"GPU-{amd.unique_id}":
+            # ROCR_VISIBLE_DEVICES names the card by this string (as rocminfo prints it).
+            raise FieldError(
+                f"{path}.uuid", f"an AMD GPU's uuid is GPU-<unique_id>, got {gpu.uuid!r}"
+            )
+    for position, peer in enumerate(amd.xgmi_peers):
+        if not _PCI_BUS_ID.match(peer):
+            raise FieldError(
+                f"{path}.amd.xgmi_peers[{position}]", f"expected a PCI bus id, got {peer!r}"
             )
 
 

@@ -20,6 +20,10 @@ from provision.units import MIB
 CTX_PAD = 256
 # CUDA context + cuBLAS workspace per GPU (not yet measured on real hardware: see ACCURACY.md).
 CUDA_FOOTPRINT_BYTES = 400 * MIB
+# HIP context + rocBLAS state per AMD GPU: rocblas_initialize() took 498 MiB on a 7900 XTX
+# (llama.cpp PR #11080) and Ollama reserves 457 MiB per ROCm GPU (ml/device.go MinimumMemory).
+# Taken as 512 MiB until measured on a real AMD card.
+ROCM_FOOTPRINT_BYTES = 512 * MIB
 # Ollama <= 0.12 reserved at least this much per GPU in its own estimate (llm/memory.go).
 OLLAMA_LEGACY_MIN_PER_GPU = 457 * MIB
 # Kepler (CC 3.x) compute graphs measured 15-20% smaller than the generic estimate.
@@ -174,10 +178,14 @@ def compute_bytes(
     return total
 
 
-def device_overhead_bytes(settings: RunSettings, legacy_ollama: bool = False) -> int:
+def device_overhead_bytes(
+    settings: RunSettings, legacy_ollama: bool = False, rocm: bool = False
+) -> int:
+    """The runtime's fixed cost per GPU it runs on (`rocm`: an AMD card through HIP)."""
+    own = ROCM_FOOTPRINT_BYTES if rocm else CUDA_FOOTPRINT_BYTES
     if settings.runtime == Runtime.OLLAMA and legacy_ollama:
-        return max(CUDA_FOOTPRINT_BYTES, OLLAMA_LEGACY_MIN_PER_GPU)
-    return CUDA_FOOTPRINT_BYTES
+        return max(own, OLLAMA_LEGACY_MIN_PER_GPU)
+    return own
 
 
 def _float32(value: float) -> float:
@@ -225,6 +233,7 @@ def device_footprint(
     compute_capability: tuple[int, int] | None = None,
     legacy_ollama: bool = False,
     pipeline: bool = False,
+    rocm: bool = False,
 ) -> DeviceFootprint:
     weights = sum(spec.layer_weight_bytes[il] for il in layers)
     if holds_output:
@@ -240,5 +249,7 @@ def device_footprint(
             if runs_something
             else 0
         ),
-        overhead_bytes=device_overhead_bytes(settings, legacy_ollama) if runs_something else 0,
+        overhead_bytes=(
+            device_overhead_bytes(settings, legacy_ollama, rocm) if runs_something else 0
+        ),
     )

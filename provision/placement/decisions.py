@@ -63,6 +63,9 @@ class PowerDecision:
     target_w: float
     default_w: float | None
     reason: str
+    # AMD: the card's PCI device directory on the target (the cap goes to its hwmon's
+    # power1_cap); None: an NVIDIA card, set with nvidia-smi.
+    device: str | None = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from enum import StrEnum
 from itertools import combinations
 
 from provision.hardware.classify import gpu_label, nvlink_pairs
-from provision.hardware.rig import Gpu, Rig
+from provision.hardware.rig import Gpu, Rig, Vendor
 from provision.models import catalog
 from provision.models.estimate import (
     DeviceFootprint,
@@ -111,6 +111,7 @@ class _Fitter:
             gpu.compute_capability_tuple,
             self.legacy,
             pipeline,
+            rocm=gpu.vendor == Vendor.AMD,
         )
         return GpuShare(gpu, usable_free_bytes(gpu), footprint)
 
@@ -121,7 +122,7 @@ class _Fitter:
         """Bytes left for layers (weights + KV) once the fixed costs are paid."""
         cc = gpu.compute_capability_tuple
         fixed = compute_bytes(self.spec, self.settings, holds_output, cc, pipeline)
-        fixed += device_overhead_bytes(self.settings, self.legacy)
+        fixed += device_overhead_bytes(self.settings, self.legacy, gpu.vendor == Vendor.AMD)
         fixed += self.spec.output_bytes if holds_output else 0
         return max(usable_free_bytes(gpu) - fixed, 0)
 
@@ -169,13 +170,18 @@ def _fits(shares: Sequence[GpuShare]) -> bool:
 def _try_split(fitter: _Fitter, rig: Rig) -> list[GpuShare] | None:
     ordered = by_speed(rig.gpus)
     for size in range(2, len(ordered) + 1):
-        candidates = [list(c) for c in combinations(ordered, size)]
+        # One vendor per split: llama.cpp and Ollama never pool CUDA and ROCm devices.
+        candidates = [list(c) for c in combinations(ordered, size) if _one_vendor(c)]
         candidates.sort(key=lambda c: _subset_key(rig, c), reverse=True)
         for subset in candidates:
             shares = fitter.split(subset)
             if _fits(shares):
                 return shares
     return None
+
+
+def _one_vendor(gpus: Sequence[Gpu]) -> bool:
+    return len({g.vendor for g in gpus}) == 1
 
 
 def _single_gpu(fitter: _Fitter, rig: Rig) -> GpuShare | None:
@@ -188,10 +194,14 @@ def _whole_fit(fitter: _Fitter, rig: Rig) -> list[GpuShare] | None:
 
 
 def _partial(fitter: _Fitter, rig: Rig) -> tuple[list[GpuShare], tuple[int, ...]] | None:
-    """The most layers all GPUs can hold; the first layers stay on the CPU."""
-    ordered = by_speed(rig.gpus)
-    if not ordered:
+    """The most layers all GPUs can hold; the first layers stay on the CPU. On a box with both
+    vendors, the vendor whose cards have the most free memory together holds them."""
+    groups: dict[Vendor, list[Gpu]] = {}
+    for gpu in by_speed(rig.gpus):
+        groups.setdefault(gpu.vendor, []).append(gpu)
+    if not groups:
         return None
+    ordered = max(groups.values(), key=lambda gs: sum(usable_free_bytes(g) for g in gs))
     spec, total_free = fitter.spec, sum(usable_free_bytes(g) for g in ordered)
     for n_gpu_layers in range(spec.n_layer, 0, -1):
         # The blocks and output head offloaded need at least their weights and KV on the GPUs

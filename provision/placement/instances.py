@@ -15,6 +15,7 @@ from provision.placement.decisions import Balancer, Instance, ModelPlacement
 from provision.placement.fit import SAFETY_MARGIN_BYTES, GpuShare, Verdict, by_speed, fit_model
 from provision.placement.ollama_levers import with_ollama_view
 from provision.placement.profile import ModelEntry, Profile
+from provision.placement.visibility import device_names, visibility_env
 from provision.units import MIB
 
 # What llama.cpp's --fit leaves free per device: the margin our own placement keeps.
@@ -38,10 +39,10 @@ def instances(
     ollama_version: str | None,
 ) -> Layout:
     if profile.runtime == Runtime.LLAMA_SERVER:
-        return _llama_servers(profile, placements)
+        return _llama_servers(rig, profile, placements)
     replicas = _replica_gpus(rig, profile, placements)
     if replicas:
-        return _ollama_replicas(profile, placements, replicas)
+        return _ollama_replicas(rig, profile, placements, replicas, ollama_version)
     return _ollama_single(rig, profile, placements, all_resident, ollama_version)
 
 
@@ -99,8 +100,7 @@ def _ollama_single(
     gpus = by_speed([g for g in rig.gpus if g.index in used] or list(rig.gpus))
     listen = profile.listen
     env = [
-        ("CUDA_VISIBLE_DEVICES", ",".join(g.uuid for g in gpus)),
-        ("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),
+        *visibility_env(gpus, rig, version, ollama=True),
         ("OLLAMA_HOST", paths.host_port((listen.address, listen.port))),
         *_common_ollama_env(profile, placed),
         ("OLLAMA_MAX_LOADED_MODELS", str(len(placed) if all_resident else 1)),
@@ -196,7 +196,11 @@ def _replica_gpus(rig: Rig, profile: Profile, placements: Sequence[ModelPlacemen
 
 
 def _ollama_replicas(
-    profile: Profile, placements: Sequence[ModelPlacement], gpus: Sequence[Gpu]
+    rig: Rig,
+    profile: Profile,
+    placements: Sequence[ModelPlacement],
+    gpus: Sequence[Gpu],
+    version: str | None,
 ) -> Layout:
     listen = profile.listen
     common = _common_ollama_env(profile, placements)
@@ -204,8 +208,7 @@ def _ollama_replicas(
     for n, gpu in enumerate(gpus):
         port = listen.port + 1 + n
         env = [
-            ("CUDA_VISIBLE_DEVICES", gpu.uuid),
-            ("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),
+            *visibility_env([gpu], rig, version, ollama=True),
             ("OLLAMA_HOST", f"127.0.0.1:{port}"),
             ("OLLAMA_MODELS", paths.OLLAMA_MODELS_DIR),
             *common,
@@ -233,13 +236,13 @@ def _ollama_replicas(
     return Layout(tuple(created), models, balancer, [], disabled_units=(paths.OLLAMA_UNIT,))
 
 
-def _llama_servers(profile: Profile, placements: Sequence[ModelPlacement]) -> Layout:
+def _llama_servers(rig: Rig, profile: Profile, placements: Sequence[ModelPlacement]) -> Layout:
     created, models = [], []
     for position, p in enumerate(placements):
         if not p.placed:
             models.append(p)
             continue
-        instance = _llama_server(profile, p, position)
+        instance = _llama_server(rig, profile, p, position)
         created.append(instance)
         models.append(replace(p, units=(instance.unit,)))
     return Layout(tuple(created), tuple(models))
@@ -256,7 +259,7 @@ def _model_path(p: ModelPlacement, position: int) -> str:
     )
 
 
-def _llama_server(profile: Profile, p: ModelPlacement, position: int) -> Instance:
+def _llama_server(rig: Rig, profile: Profile, p: ModelPlacement, position: int) -> Instance:
     shares = p.fit.shares
     port = profile.listen.port + position
     s = p.settings
@@ -269,16 +272,16 @@ def _llama_server(profile: Profile, p: ModelPlacement, position: int) -> Instanc
         args += ["-b", str(p.entry.num_batch)]
     # An explicit plan (never mixed with --fit): devices in split order, layers per device.
     offloaded = sum(_layer_units(sh) for sh in shares)
-    args += ["--device", ",".join(f"CUDA{i}" for i in range(len(shares)))]
+    gpus = [sh.gpu for sh in shares]
+    args += ["--device", ",".join(device_names(gpus))]
     args += ["-ngl", "all" if not p.fit.cpu_layers else str(offloaded)]
     if len(shares) > 1:
         args += ["-sm", "layer", "-ts", ",".join(str(_layer_units(sh)) for sh in shares)]
     else:
         args += ["-sm", "none"]
-    env = (
-        ("CUDA_VISIBLE_DEVICES", ",".join(sh.gpu.uuid for sh in shares)),
-        ("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),
-    )
+    # --device selects the cards itself: no version-dependent override list is known for a
+    # llama.cpp build, so the newest Ollama's targets stand for "what ROCm builds ship".
+    env = tuple(visibility_env(gpus, rig, None, ollama=False))
     return Instance(
         runtime=Runtime.LLAMA_SERVER,
         unit=paths.llama_server_unit(p.name),

@@ -13,8 +13,8 @@ from dataclasses import replace
 
 from provision import ollama, paths
 from provision.errors import InputError
-from provision.hardware.classify import TraitKind, classify, gpu_label, gpu_labels
-from provision.hardware.rig import Rig
+from provision.hardware.classify import RigTraits, TraitKind, classify, gpu_label, gpu_labels
+from provision.hardware.rig import Rig, Vendor
 from provision.models.estimate import KvType, RunSettings, Runtime
 from provision.models.spec import ModelSpec
 from provision.placement import instances, power
@@ -119,22 +119,16 @@ def _fit_all(
     return sorted(results, key=lambda pair: pair[0]), all_resident
 
 
-def place(rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec]) -> Placement:
-    """`specs` maps each profile model's ref to its ModelSpec (resolved by the caller)."""
+def place(
+    rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec], sysfs_root: str = "/sys"
+) -> Placement:
+    """`specs` maps each profile model's ref to its ModelSpec (resolved by the caller);
+    `sysfs_root` is the target's sysfs, below which AMD power caps are written."""
     traits = classify(rig)
     version = rig.host.runtimes.get("ollama")
     legacy = profile.runtime == Runtime.OLLAMA and ollama.is_legacy_ollama(version)
     warnings = [t.reason for t in traits.warnings]
-    rig_for_models = rig
-    below = traits.get(TraitKind.BELOW_RUNTIME_FLOOR)
-    if profile.runtime == Runtime.OLLAMA and below is not None:
-        supported = tuple(g for g in rig.gpus if g.index not in below.gpus)
-        if supported:
-            # Ollama would fall back to the CPU there; on a rig of only such cards (a K80 box
-            # with a legacy build) they are all that there is, so they stay.
-            rig_for_models = replace(rig, gpus=supported)
-            left_out = gpu_labels(g for g in rig.gpus if g.index in below.gpus)
-            warnings.append(f"{left_out} left out of Ollama's GPUs: below its support floor")
+    rig_for_models = _runnable(rig, profile, traits, warnings)
     flash_ok = _flash_attention_ok(rig_for_models, profile, version, warnings)
     fits, all_resident = _fit_all(rig_for_models, profile, specs, legacy, flash_ok)
     warnings += _parallel_warnings(profile) + _context_warnings(profile, specs)
@@ -151,7 +145,7 @@ def place(rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec]) -> Placeme
                 + "; ".join(mp.fit.suggestions)
             )
     layout = instances.instances(rig_for_models, profile, placements, all_resident, version)
-    decided = power.decide(rig, profile)
+    decided = power.decide(rig, profile, sysfs_root)
     warnings += layout.warnings + decided.warnings
     return Placement(
         profile=profile,
@@ -167,6 +161,27 @@ def place(rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec]) -> Placeme
     )
 
 
+def _runnable(rig: Rig, profile: Profile, traits: RigTraits, warnings: list[str]) -> Rig:
+    """The GPUs the runtime can run models on. An AMD iGPU, or a card ROCm cannot use, is never
+    one; a card below Ollama's floor is left out of Ollama's, unless there is nothing else."""
+    unusable = {
+        i
+        for kind in (TraitKind.AMD_IGPU, TraitKind.AMD_NOT_IN_KFD)
+        if (trait := traits.get(kind)) is not None
+        for i in trait.gpus
+    }
+    below = traits.get(TraitKind.BELOW_RUNTIME_FLOOR)
+    if profile.runtime == Runtime.OLLAMA and below is not None:
+        supported = [g for g in rig.gpus if g.index not in below.gpus and g.index not in unusable]
+        if supported:
+            # Ollama would fall back to the CPU there; on a rig of only such cards (a K80 box
+            # with a legacy build) they are all that there is, so they stay.
+            unusable |= set(below.gpus)
+            left_out = gpu_labels(g for g in rig.gpus if g.index in below.gpus)
+            warnings.append(f"{left_out} left out of Ollama's GPUs: below its support floor")
+    return replace(rig, gpus=tuple(g for g in rig.gpus if g.index not in unusable))
+
+
 def _flash_attention_ok(
     rig: Rig, profile: Profile, version: str | None, warnings: list[str]
 ) -> bool:
@@ -174,7 +189,8 @@ def _flash_attention_ok(
     needs it, is refused where it will not."""
     if profile.runtime != Runtime.OLLAMA:
         return True  # llama-server gets -fa on|off on its command line
-    ccs = [g.compute_capability_tuple for g in rig.gpus]
+    # ROCm devices always qualify (ml/device.go FlashAttentionSupported): only CUDA cards count.
+    ccs = [g.compute_capability_tuple for g in rig.gpus if g.vendor == Vendor.NVIDIA]
     if flash_attention_supported(ccs, version):
         return True
     wanted = [m for m in profile.models if m.kv_type != KvType.F16]

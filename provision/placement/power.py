@@ -1,11 +1,13 @@
-"""Power limits from a profile: per-GPU watts or a PSU budget, clamped to NVML's range. Pure."""
+"""Power limits from a profile: per-GPU watts or a PSU budget, clamped to the driver's range
+(NVML's for NVIDIA, hwmon's power1_cap_min/max for AMD). Pure."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from provision.hardware.amdgpu import pci_device_dir
 from provision.hardware.classify import gpu_label
-from provision.hardware.rig import Gpu, Rig
+from provision.hardware.rig import Gpu, Rig, Vendor
 from provision.placement.decisions import PowerDecision
 from provision.placement.profile import Profile
 
@@ -16,23 +18,30 @@ class PowerPlan:
     warnings: list[str]
 
 
+def _source(gpu: Gpu) -> str:
+    return "amdgpu's" if gpu.vendor == Vendor.AMD else "NVML's"
+
+
 def _clamp(gpu: Gpu, watts: float) -> tuple[float, str]:
     low, high = gpu.power.min_w, gpu.power.max_w
+    if gpu.vendor == Vendor.AMD:
+        watts = float(int(watts))  # amdgpu takes whole watts (amdgpu_hwmon_set_power_cap)
     if low is not None and watts < low:
-        return low, f"raised to NVML's minimum {low:g} W"
+        return low, f"raised to {_source(gpu)} minimum {low:g} W"
     if high is not None and watts > high:
-        return high, f"lowered to NVML's maximum {high:g} W"
-    return watts, f"within NVML's range {low or 0:g}-{high or 0:g} W"
+        return high, f"lowered to {_source(gpu)} maximum {high:g} W"
+    return watts, f"within {_source(gpu)} range {low or 0:g}-{high or 0:g} W"
 
 
-def decide(rig: Rig, profile: Profile) -> PowerPlan:
+def decide(rig: Rig, profile: Profile, sysfs_root: str = "/sys") -> PowerPlan:
     power = profile.power
     if power is None:
         return PowerPlan((), [])
     gpus = [g for g in rig.gpus if g.power.min_w is not None or g.power.max_w is not None]
     skipped = [g for g in rig.gpus if g not in gpus]
     warnings = [
-        f"{gpu_label(g)}: NVML reports no power range, its limit is left alone" for g in skipped
+        f"{gpu_label(g)}: {_source(g)} reports no power range, its limit is left alone"
+        for g in skipped
     ]
     if power.per_gpu_w is not None:
         asked = {g.index: (power.per_gpu_w, f"per_gpu_w {power.per_gpu_w:g} W") for g in gpus}
@@ -53,7 +62,14 @@ def decide(rig: Rig, profile: Profile) -> PowerPlan:
         target, clamp = _clamp(gpu, watts)
         decisions.append(
             PowerDecision(
-                gpu.index, gpu.uuid, round(target, 1), gpu.power.default_w, f"{why}; {clamp}"
+                gpu.index,
+                gpu.uuid,
+                round(target, 1),
+                gpu.power.default_w,
+                f"{why}; {clamp}",
+                device=(
+                    pci_device_dir(sysfs_root, gpu.pci_bus_id) if gpu.vendor == Vendor.AMD else None
+                ),
             )
         )
     return PowerPlan(tuple(decisions), warnings)

@@ -23,6 +23,7 @@ from provision.desired import (
 from provision.errors import InputError
 from provision.models.estimate import Runtime
 from provision.paths import (
+    AMDGPU_POWER_SCRIPT,
     INSTANCE_ENV_DIR,
     LLAMA_SERVER_BIN,
     NGINX_UNIT,
@@ -30,7 +31,9 @@ from provision.paths import (
     OLLAMA_BIN,
     OLLAMA_DROPIN,
     OLLAMA_TEMPLATE_UNIT,
+    POWER_RESUME_UNIT,
     POWER_UNIT,
+    SLEEP_TARGETS,
     unit_file,
 )
 from provision.placement.decisions import Balancer, Instance, ModelPlacement, Placement
@@ -54,6 +57,10 @@ def render(placement: Placement) -> DesiredState:
     if placement.power:
         files.append(_power_file(placement))
         units.append(DesiredUnit(POWER_UNIT, oneshot=True))
+    if any(p.device for p in placement.power):
+        files += _amd_power_files()
+        # Enabled, not run now: it runs after a resume.
+        units.append(DesiredUnit(POWER_RESUME_UNIT, active=False, oneshot=True))
     files += _instance_files(placement.instances, power_unit)
     units += [DesiredUnit(i.unit, listen=(i.address, i.port)) for i in placement.instances]
     if placement.balancer is not None:
@@ -66,7 +73,8 @@ def render(placement: Placement) -> DesiredState:
         files=tuple(sorted(files, key=lambda f: f.path)),
         units=tuple(units),
         power=tuple(
-            DesiredPower(p.uuid, p.target_w, p.default_w, p.reason) for p in placement.power
+            DesiredPower(p.uuid, p.target_w, p.default_w, p.reason, p.device)
+            for p in placement.power
         ),
         models=tuple(
             DesiredModel(m.name, m.modelfile_path or "", _modelfile_base(m)) for m in models
@@ -130,9 +138,28 @@ def _power_file(placement: Placement) -> DesiredFile:
         power=placement.power,
         before=[i.unit for i in placement.instances],
         nvidia_smi=NVIDIA_SMI,
+        nvidia=any(p.device is None for p in placement.power),
+        amd=any(p.device for p in placement.power),
+        amd_script=AMDGPU_POWER_SCRIPT,
     )
     # Restarting the oneshot runs ExecStop (defaults back) and then ExecStart (new limits).
     return DesiredFile(path, content, restarts=(POWER_UNIT,))
+
+
+def _amd_power_files() -> list[DesiredFile]:
+    script = _render("amdgpu-power-cap.sh.j2", AMDGPU_POWER_SCRIPT)
+    resume_path = unit_file(POWER_RESUME_UNIT)
+    resume = _render(
+        "gpu-power-limits-resume.service.j2",
+        resume_path,
+        power_unit=POWER_UNIT,
+        sleep_targets=SLEEP_TARGETS,
+    )
+    # A changed script takes effect at the next start of the power unit, which reads it.
+    return [
+        DesiredFile(AMDGPU_POWER_SCRIPT, script, mode=0o755, restarts=(POWER_UNIT,)),
+        DesiredFile(resume_path, resume),
+    ]
 
 
 def _nginx_file(balancer: Balancer) -> DesiredFile:

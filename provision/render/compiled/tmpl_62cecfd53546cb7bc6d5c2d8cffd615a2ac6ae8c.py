@@ -9,6 +9,9 @@ def root(context, missing=missing):
     if 0: yield None
     l_0_header = resolve('header')
     l_0_power = resolve('power')
+    l_0_amd = resolve('amd')
+    l_0_amd_script = resolve('amd_script')
+    l_0_nvidia = resolve('nvidia')
     l_0_before = resolve('before')
     l_0_nvidia_smi = resolve('nvidia_smi')
     try:
@@ -64,42 +67,69 @@ def root(context, missing=missing):
             yield str(t_5(environment.getattr(l_1_p, 'target_w')))
             yield ' W (default unknown: stopping leaves it set)\n'
     l_1_p = missing
-    yield '[Unit]\nDescription=GPU power limits\nAfter=nvidia-persistenced.service\n'
+    if (undefined(name='amd') if l_0_amd is missing else l_0_amd):
+        pass
+        yield '# AMD cards: '
+        yield str(t_4((undefined(name='amd_script') if l_0_amd_script is missing else l_0_amd_script)))
+        yield " writes the cap to the card's hwmon in\n# microwatts and reads it back; stopping writes power1_cap_default back.\n"
+    yield '[Unit]\nDescription=GPU power limits\n'
+    if (undefined(name='nvidia') if l_0_nvidia is missing else l_0_nvidia):
+        pass
+        yield 'After=nvidia-persistenced.service\n'
     if (undefined(name='before') if l_0_before is missing else l_0_before):
         pass
         yield 'Before='
         yield str(t_1(context.eval_ctx, t_2(context, (undefined(name='before') if l_0_before is missing else l_0_before), 'unit_name'), ' '))
         yield '\n'
-    yield '\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart='
-    yield str(t_3((undefined(name='nvidia_smi') if l_0_nvidia_smi is missing else l_0_nvidia_smi)))
-    yield ' -pm 1\n'
-    for l_1_p in (undefined(name='power') if l_0_power is missing else l_0_power):
-        _loop_vars = {}
+    yield '\n[Service]\nType=oneshot\nRemainAfterExit=yes\n'
+    if (undefined(name='nvidia') if l_0_nvidia is missing else l_0_nvidia):
         pass
         yield 'ExecStart='
         yield str(t_3((undefined(name='nvidia_smi') if l_0_nvidia_smi is missing else l_0_nvidia_smi)))
-        yield ' -i '
-        yield str(t_3(environment.getattr(l_1_p, 'uuid')))
-        yield ' -pl '
-        yield str(t_5(environment.getattr(l_1_p, 'target_w')))
-        yield '\n'
-    l_1_p = missing
-    def t_6(fiter):
-        for l_1_p in fiter:
-            if environment.getattr(l_1_p, 'default_w'):
-                yield l_1_p
-    for l_1_p in t_6((undefined(name='power') if l_0_power is missing else l_0_power)):
+        yield ' -pm 1\n'
+    for l_1_p in (undefined(name='power') if l_0_power is missing else l_0_power):
         _loop_vars = {}
         pass
-        yield 'ExecStop='
-        yield str(t_3((undefined(name='nvidia_smi') if l_0_nvidia_smi is missing else l_0_nvidia_smi)))
-        yield ' -i '
-        yield str(t_3(environment.getattr(l_1_p, 'uuid')))
-        yield ' -pl '
-        yield str(t_5(environment.getattr(l_1_p, 'default_w')))
-        yield '\n'
+        if environment.getattr(l_1_p, 'device'):
+            pass
+            yield 'ExecStart=/bin/sh '
+            yield str(t_3((undefined(name='amd_script') if l_0_amd_script is missing else l_0_amd_script)))
+            yield ' '
+            yield str(t_3(environment.getattr(l_1_p, 'device')))
+            yield ' '
+            yield str(t_5(environment.getattr(l_1_p, 'target_w')))
+            yield '\n'
+        else:
+            pass
+            yield 'ExecStart='
+            yield str(t_3((undefined(name='nvidia_smi') if l_0_nvidia_smi is missing else l_0_nvidia_smi)))
+            yield ' -i '
+            yield str(t_3(environment.getattr(l_1_p, 'uuid')))
+            yield ' -pl '
+            yield str(t_5(environment.getattr(l_1_p, 'target_w')))
+            yield '\n'
+    l_1_p = missing
+    for l_1_p in (undefined(name='power') if l_0_power is missing else l_0_power):
+        _loop_vars = {}
+        pass
+        if environment.getattr(l_1_p, 'device'):
+            pass
+            yield 'ExecStop=/bin/sh '
+            yield str(t_3((undefined(name='amd_script') if l_0_amd_script is missing else l_0_amd_script)))
+            yield ' '
+            yield str(t_3(environment.getattr(l_1_p, 'device')))
+            yield ' default\n'
+        elif environment.getattr(l_1_p, 'default_w'):
+            pass
+            yield 'ExecStop='
+            yield str(t_3((undefined(name='nvidia_smi') if l_0_nvidia_smi is missing else l_0_nvidia_smi)))
+            yield ' -i '
+            yield str(t_3(environment.getattr(l_1_p, 'uuid')))
+            yield ' -pl '
+            yield str(t_5(environment.getattr(l_1_p, 'default_w')))
+            yield '\n'
     l_1_p = missing
     yield '\n[Install]\nWantedBy=multi-user.target\n'
 
 blocks = {}
-debug_info = '1=45&5=47&6=50&7=53&9=62&15=68&16=71&22=74&23=76&24=80&26=87&27=95'
+debug_info = '1=48&5=50&6=53&7=56&9=65&12=70&13=73&18=76&21=79&22=82&28=85&29=88&31=90&32=93&33=96&35=105&38=112&39=115&40=118&41=122&42=125'

@@ -1,0 +1,62 @@
+"""The live probe of a whole box: NVIDIA cards through NVML, AMD cards from sysfs, one Rig.
+
+NVIDIA cards come first, in NVML order; AMD cards follow in KFD order (their HIP order), then
+the AMD cards KFD skipped. A box without an NVIDIA driver is fine when sysfs shows no NVIDIA
+GPU; one whose NVIDIA GPUs cannot be read is a host error, never a snapshot that leaves them out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from provision.errors import HostError
+from provision.hardware import system
+from provision.hardware.amdgpu import AmdProbe, probe_amd
+from provision.hardware.rig import Host, Rig
+from provision.hardware.sysfs import Sysfs
+
+
+def probe_box(sysfs: Sysfs) -> Rig:
+    amd = probe_amd(sysfs)
+    nvidia = _nvidia(amd, sysfs.root)
+    host = nvidia.host if nvidia is not None else _host_without_nvml()
+    first = len(nvidia.gpus) if nvidia is not None else 0
+    amd_gpus = tuple(replace(g, index=first + n) for n, g in enumerate(amd.gpus))
+    return Rig(
+        host=replace(host, amdgpu_version=amd.driver_version),
+        gpus=(nvidia.gpus if nvidia is not None else ()) + amd_gpus,
+    )
+
+
+def _nvidia(amd: AmdProbe, root: Path) -> Rig | None:
+    # nvml is imported here: an AMD-only probe never loads pynvml.
+    from provision.hardware.nvml import NvmlAbsent, probe_rig
+
+    try:
+        return probe_rig()
+    except NvmlAbsent as exc:
+        if amd.nvidia_devices:
+            raise HostError(
+                f"NVIDIA GPU(s) at {', '.join(amd.nvidia_devices)} (seen under {root}), "
+                f"but {exc.message}",
+                hint=exc.hint,
+            ) from None
+        if not amd.gpus:
+            raise  # no GPU of either vendor: NVML's message says what to install
+        return None
+
+
+def _host_without_nvml() -> Host:
+    facts = system.read_os_facts()
+    return Host(
+        hostname=facts.hostname,
+        kernel=facts.kernel,
+        cpu_count=facts.cpu_count,
+        ram_bytes=facts.ram_bytes,
+        driver_version=None,
+        cuda_driver_version=None,
+        nvml_version=None,
+        amdgpu_version=None,
+        runtimes=system.detect_runtimes(),
+    )

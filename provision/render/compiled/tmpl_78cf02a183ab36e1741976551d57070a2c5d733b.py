@@ -1,0 +1,17 @@
+from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
+name = 'amdgpu-power-cap.sh.j2'
+
+def root(context, missing=missing):
+    resolve = context.resolve_or_missing
+    undefined = environment.undefined
+    concat = environment.concat
+    cond_expr_undefined = Undefined
+    if 0: yield None
+    l_0_header = resolve('header')
+    pass
+    yield '#!/bin/sh\n'
+    yield str((undefined(name='header') if l_0_header is missing else l_0_header))
+    yield '\n# Sets one AMD card\'s power cap: amdgpu-power-cap DEVICE_DIR WATTS|default\n# DEVICE_DIR is the card\'s PCI directory (/sys/bus/pci/devices/<address>); its hwmon/hwmonN is\n# looked up now, since N follows probe order. The cap is written in microwatts to power1_cap\n# (amdgpu takes whole watts), clamped to power1_cap_min..power1_cap_max, and read back: a\n# mismatch fails the unit. "default" writes power1_cap_default back (amd-smi\'s reset is not\n# relied on).\nset -eu\ndevice=$1\nwatts=$2\nfor hwmon in "$device"/hwmon/hwmon*; do\n    [ -e "$hwmon/power1_cap" ] || continue\n    if [ "$watts" = default ]; then\n        cap=$(cat "$hwmon/power1_cap_default")\n    else\n        cap=$((watts * 1000000))\n    fi\n    low=$(cat "$hwmon/power1_cap_min")\n    high=$(cat "$hwmon/power1_cap_max")\n    if [ "$cap" -lt "$low" ]; then cap=$low; fi\n    if [ "$cap" -gt "$high" ]; then cap=$high; fi\n    echo "$cap" > "$hwmon/power1_cap"\n    now=$(cat "$hwmon/power1_cap")\n    if [ "$now" != "$cap" ]; then\n        echo "$device: power1_cap reads $now after writing $cap" >&2\n        exit 1\n    fi\n    echo "$device: power cap $((cap / 1000000)) W"\n    exit 0\ndone\necho "$device: no hwmon power1_cap (is amdgpu loaded, is this the card\'s PCI directory?)" >&2\nexit 1\n'
+
+blocks = {}
+debug_info = '2=13'
