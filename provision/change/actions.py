@@ -55,7 +55,8 @@ class Action:
     forceable: bool = False  # --force lifts the refusal (a file provision does not own)
     file: DesiredFile | None = None  # what write-file writes
     watts: float | None = None  # what set-power sets
-    source: str = ""  # create-model: the Modelfile
+    # create-model: the Modelfile; set-power on an AMD card: its PCI device directory.
+    source: str = ""
 
 
 @dataclass(frozen=True)

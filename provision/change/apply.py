@@ -34,7 +34,7 @@ from provision.change.observe import ollama_address, read_manifest
 from provision.command import run
 from provision.desired import DesiredFile, DesiredUnit
 from provision.errors import HostError, ProvisionError, RolledBack
-from provision.paths import LOCK_PATH, MANIFEST_PATH, SYSTEMD_DIR, reachable
+from provision.paths import AMDGPU_POWER_SCRIPT, LOCK_PATH, MANIFEST_PATH, SYSTEMD_DIR, reachable
 
 KILL_AT_STEP_ENV = "PROVISION_TEST_KILL_AT_STEP"  # test hook: SIGKILL before action k
 # After these the unit must be active and its port open.
@@ -175,6 +175,10 @@ def _perform(
         verb = "restart" if kind is ActionKind.RESTART else "reload-or-restart"
         _command(host.systemctl(verb, target))
         _await_unit(host, target, units.get(target), settings.check_timeout_s)
+    elif kind is ActionKind.SET_POWER and action.source:
+        # The script the power unit runs at boot: one way to set an AMD cap, clamped, read back.
+        watts = f"{int(action.watts or 0)}"
+        _command(["/bin/sh", AMDGPU_POWER_SCRIPT, action.source, watts])
     elif kind is ActionKind.SET_POWER:
         _command(["nvidia-smi", "-i", target, "-pl", f"{action.watts:g}"])
     elif kind in (ActionKind.PULL_MODEL, ActionKind.CREATE_MODEL):

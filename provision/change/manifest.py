@@ -37,7 +37,13 @@ def build_manifest(desired: DesiredState) -> dict[str, Any]:
             if u.listen
         ],
         "power": [
-            {"uuid": p.uuid, "target_w": p.target_w, "default_w": p.default_w, "reason": p.reason}
+            {
+                "uuid": p.uuid,
+                "target_w": p.target_w,
+                "default_w": p.default_w,
+                "reason": p.reason,
+                "device": p.device,
+            }
             for p in desired.power
         ],
         "models": [_manifest_model(m, desired) for m in desired.models],

@@ -44,13 +44,17 @@ def observe(host: Host, desired: DesiredState) -> Observed:
     units += [str(u.get("name")) for u in recorded.get("units", ()) if isinstance(u, Mapping)]
     for f in desired.files:
         units += [*f.restarts, *f.reloads]
-    wants_power = bool(desired.power or recorded.get("power"))
+    wanted_power = [(p.uuid, p.device) for p in desired.power] + [
+        (str(p.get("uuid")), p.get("device"))
+        for p in recorded.get("power", ())
+        if isinstance(p, Mapping)
+    ]
     version, models = _first_answering_ollama(desired.units) if host.live else (None, None)
     return Observed(
         live=host.live,
         files={p: read_file(host, p) for p in sorted(paths)},
         units=unit_states(host, list(dict.fromkeys(units))),
-        power_w=power_limits() if host.live and wants_power else None,
+        power_w=power_limits(wanted_power) if host.live and wanted_power else None,
         ollama_models=models if desired.models else None,
         ollama_version=version,
         manifest=manifest,
@@ -182,10 +186,32 @@ def _unit_from_show(name: str, props: Mapping[str, str]) -> ObservedUnit:
     )
 
 
-def power_limits() -> dict[str, float]:
-    """Current limits by GPU UUID; empty when nvidia-smi cannot tell (the plan refuses then)."""
-    result = run(["nvidia-smi", *NVIDIA_SMI_POWER_QUERY])
-    return parse_power_limits(result.stdout) if result.ok else {}
+def power_limits(gpus: Iterable[tuple[str, object]]) -> dict[str, float]:
+    """Current limits by GPU UUID, for (uuid, AMD device directory or None) pairs; a GPU whose
+    limit cannot be read is absent (the plan refuses to set it then)."""
+    limits: dict[str, float] = {}
+    amd = {uuid: device for uuid, device in gpus if isinstance(device, str)}
+    if any(not isinstance(device, str) for _, device in gpus):
+        result = run(["nvidia-smi", *NVIDIA_SMI_POWER_QUERY])
+        limits.update(parse_power_limits(result.stdout) if result.ok else {})
+    for uuid, device in amd.items():
+        cap = amd_power_cap(device)
+        if cap is not None:
+            limits[uuid] = cap
+    return limits
+
+
+def amd_power_cap(device: str) -> float | None:
+    """An AMD card's cap in watts, from power1_cap (microwatts) of the hwmon below its PCI
+    directory (amdgpu pm/amdgpu_pm.c); None when it cannot be read."""
+    for hwmon in sorted(Path(device, "hwmon").glob("hwmon*")):
+        try:
+            text = (hwmon / "power1_cap").read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            return int(text) / 1_000_000
+    return None
 
 
 def parse_power_limits(text: str) -> dict[str, float]:

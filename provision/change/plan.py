@@ -335,12 +335,20 @@ def _plan_power(desired: DesiredState, observed: Observed) -> Section:
     section = Section(observed.live)
     recorded = (observed.manifest or {}).get("power", ())
     wanted = {p.uuid for p in desired.power}
-    targets = [(p.uuid, p.target_w, p.reason) for p in desired.power]
+    targets = [(p.uuid, p.target_w, p.reason, p.device) for p in desired.power]
     for entry in recorded:
         uuid, default_w = str(entry.get("uuid")), entry.get("default_w")
+        device = entry.get("device")
         if uuid not in wanted and isinstance(default_w, int | float):
-            targets.append((uuid, float(default_w), "no longer managed: restore the default"))
-    for uuid, target_w, reason in targets:
+            targets.append(
+                (
+                    uuid,
+                    float(default_w),
+                    "no longer managed: restore the default",
+                    device if isinstance(device, str) else None,
+                )
+            )
+    for uuid, target_w, reason, device in targets:
         if observed.power_w is None:
             section.noop(uuid, f"offline: limit not read (wanted {target_w:g} W)")
             continue
@@ -348,7 +356,8 @@ def _plan_power(desired: DesiredState, observed: Observed) -> Section:
         if current is not None and abs(current - target_w) <= POWER_TOLERANCE_W:
             section.noop(uuid, f"limit is {current:g} W, as wanted")
             continue
-        refused = "" if current is not None else f"nvidia-smi gave no power limit for {uuid}"
+        source = f"{device}/hwmon/*/power1_cap" if device else "nvidia-smi"
+        refused = "" if current is not None else f"{source} gave no power limit for {uuid}"
         detail = f"{'?' if current is None else f'{current:g}'} W -> {target_w:g} W"
         section.act(
             ActionKind.SET_POWER,
@@ -357,6 +366,7 @@ def _plan_power(desired: DesiredState, observed: Observed) -> Section:
             detail=detail,
             watts=target_w,
             refused=refused,
+            source=device or "",
         )
     return section
 

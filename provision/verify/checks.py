@@ -37,7 +37,7 @@ class CheckKind(StrEnum):
     NGINX = "nginx"  # the balancer answers /api/version on its public address
     OLLAMA = "ollama"  # an Ollama instance answers /api/version directly
     MODEL = "model"  # the public Ollama endpoint lists the model in /api/tags
-    POWER = "power"  # nvidia-smi reports the planned power limit for the GPU
+    POWER = "power"  # nvidia-smi (AMD: hwmon power1_cap) reports the planned power limit
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,8 @@ def checks_for(manifest: Mapping[str, Any], live: bool) -> tuple[Check, ...]:
         name = normalize_model(str(model["name"]))
         checks.append(Check(CheckKind.MODEL, name, {"address": public, "unit": public_unit}))
     for power in _records(manifest, "power", ("uuid", "target_w")):
-        checks.append(Check(CheckKind.POWER, str(power["uuid"]), {"target_w": power["target_w"]}))
+        expect = {"target_w": power["target_w"], "device": power.get("device")}
+        checks.append(Check(CheckKind.POWER, str(power["uuid"]), expect))
     return tuple(checks)
 
 

@@ -8,6 +8,7 @@ what it saw as the `detail` user property.
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable
 from typing import Any
@@ -223,6 +224,11 @@ def test_model(target: Target, check: Check, record_property: Record) -> None:
 
 
 def test_power(target: Target, check: Check, record_property: Record) -> None:
+    want = float(check.expect["target_w"])
+    device = check.expect.get("device")
+    if isinstance(device, str):
+        _amd_power(target, device, want, record_property)
+        return
     if _run(target, "command -v nvidia-smi").rc != 0:
         pytest.skip("nvidia-smi is not installed: power limits not checked")
     query = " ".join(("nvidia-smi", *NVIDIA_SMI_POWER_QUERY))
@@ -230,9 +236,22 @@ def test_power(target: Target, check: Check, record_property: Record) -> None:
     if seen.rc != 0:
         fail(f"{query} failed: {seen.stderr.strip() or seen.stdout.strip()}")
     limits = parse_power_limits(seen.stdout)
-    want = float(check.expect["target_w"])
     if check.target not in limits:
         fail(f"nvidia-smi reports no power limit for this GPU (GPUs: {', '.join(limits)})")
     if abs(limits[check.target] - want) > POWER_TOLERANCE_W:
         fail(f"power limit {limits[check.target]:g} W, planned {want:g} W")
     record_property(DETAIL, f"power limit {limits[check.target]:g} W, as planned")
+
+
+def _amd_power(target: Target, device: str, want: float, record_property: Record) -> None:
+    """amdgpu keeps the cap in power1_cap, microwatts, below the card's PCI directory."""
+    seen = _run(target, f"cat {shlex.quote(device)}/hwmon/hwmon*/power1_cap")
+    if seen.rc != 0 or not seen.stdout.split():
+        fail(f"no power1_cap under {device}/hwmon: {seen.stderr.strip()}")
+    first = seen.stdout.split()[0]
+    if not first.isdigit():
+        fail(f"{device}: power1_cap reads {first!r}")
+    watts = int(first) / 1_000_000
+    if abs(watts - want) > POWER_TOLERANCE_W:
+        fail(f"power cap {watts:g} W, planned {want:g} W")
+    record_property(DETAIL, f"power cap {watts:g} W (hwmon power1_cap), as planned")
