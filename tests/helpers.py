@@ -13,6 +13,8 @@ TESTS_DIR = Path(__file__).parent
 REPO_ROOT = TESTS_DIR.parent
 RIGS_DIR = TESTS_DIR / "rigs"
 ALL_RIG_FILES = sorted(RIGS_DIR.glob("*.yaml"))
+# The rigs NVML alone recorded (the fakesysfs-* ones come from sysfs: tests/test_probe_amd.py).
+NVML_RIG_FILES = [p for p in ALL_RIG_FILES if not p.stem.startswith("fakesysfs-")]
 
 
 def rig_file(name: str) -> Path:

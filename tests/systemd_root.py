@@ -30,7 +30,16 @@ import pytest
 from provision.desired import SYSTEMD_DIR, DesiredState
 from provision.paths import LLAMA_SERVER_BIN, NVIDIA_SMI, OLLAMA_BIN
 
-STUB_EXECUTABLES = (OLLAMA_BIN, LLAMA_SERVER_BIN, NVIDIA_SMI, "/usr/bin/nvidia-persistenced")
+# The runtimes, and the two system programs every Debian host has (the AMD power unit runs its
+# script with /bin/sh; the resume unit calls /bin/systemctl).
+STUB_EXECUTABLES = (
+    OLLAMA_BIN,
+    LLAMA_SERVER_BIN,
+    NVIDIA_SMI,
+    "/usr/bin/nvidia-persistenced",
+    "/bin/sh",
+    "/bin/systemctl",
+)
 
 # What Ollama's scripts/install.sh writes (BINDIR=/usr/local/bin, its own $PATH baked in); the
 # demo's scratch root starts from the same file.

@@ -43,6 +43,28 @@ EXPECTED: dict[str, dict[K, tuple[int, ...]]] = {
     "synthetic-8xa100-nvlink": {K.SYMMETRIC: tuple(range(8)), K.NVLINK: tuple(range(8))},
     "synthetic-3090-display-3090": {K.SYMMETRIC: (0, 1), K.DISPLAY_GPU: (0,)},
     "synthetic-nulls": {},
+    # AMD rigs probed from tests/fakesysfs.py trees (each fixture's description says why).
+    "fakesysfs-2x7900xtx": {K.SYMMETRIC: (0, 1), K.NARROW_PCIE: (1,), K.DISPLAY_GPU: (0,)},
+    "fakesysfs-3090-7900xtx": {K.NARROW_PCIE: (1,), K.MIXED_VENDOR: (0, 1)},
+    "fakesysfs-4xmi100-xgmi": {K.SYMMETRIC: (0, 1, 2, 3), K.XGMI_HIVE: (0, 1, 2, 3)},
+    "fakesysfs-6700xt": {K.DISPLAY_GPU: (0,), K.AMD_NEEDS_GFX_OVERRIDE: (0,)},
+    "fakesysfs-6900xt-7900xtx": {
+        K.ASYMMETRIC_VRAM: (0, 1),
+        K.DISPLAY_GPU: (0,),
+        K.MIXED_AMD_ARCH: (0, 1),
+    },
+    "fakesysfs-7700s-fixed": {},
+    "fakesysfs-7900xtx-od": {K.DISPLAY_GPU: (0,)},
+    "fakesysfs-apu-7900xtx": {K.DISPLAY_GPU: (0,), K.AMD_IGPU: (1,)},
+    "fakesysfs-kfd-skipped": {
+        K.SYMMETRIC: (0, 1),
+        K.NARROW_PCIE: (1,),
+        K.DISPLAY_GPU: (0,),
+        K.AMD_NOT_IN_KFD: (1,),
+    },
+    "fakesysfs-mi50": {K.BELOW_RUNTIME_FLOOR: (0,)},
+    "fakesysfs-old-kernel": {K.DISPLAY_GPU: (0,), K.BELOW_RUNTIME_FLOOR: (0,)},
+    "fakesysfs-read-errors": {K.DISPLAY_GPU: (0,)},
 }
 WARNINGS = {
     K.NARROW_PCIE,
@@ -51,6 +73,9 @@ WARNINGS = {
     K.LEGACY_GPU,
     K.BELOW_RUNTIME_FLOOR,
     K.MIG_ENABLED,
+    K.MIXED_VENDOR,
+    K.MIXED_AMD_ARCH,
+    K.AMD_NOT_IN_KFD,
 }
 
 

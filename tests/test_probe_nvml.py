@@ -25,7 +25,7 @@ from tests.fake_nvml.snapshot_to_fake import (
     fake_rig_text,
     write_fake_rig,
 )
-from tests.helpers import ALL_RIG_FILES, REPO_ROOT, load_named_rig, run_provision
+from tests.helpers import NVML_RIG_FILES, REPO_ROOT, load_named_rig, run_provision
 
 # probe_rig() itself, without the CLI around it.
 _PROBE_SCRIPT = (
@@ -75,7 +75,7 @@ def _round_trip(snapshot: Rig, fake_nvml_dir: Path, tmp_path: Path) -> None:
     _assert_same_nvml_facts(_probe_through_cli(env, tmp_path / "probed.yaml"), snapshot)
 
 
-@pytest.mark.parametrize("rig_path", ALL_RIG_FILES, ids=lambda path: path.stem)
+@pytest.mark.parametrize("rig_path", NVML_RIG_FILES, ids=lambda path: path.stem)
 def test_every_recorded_rig_survives_the_probe(
     rig_path: Path, fake_nvml_dir: Path, tmp_path: Path
 ) -> None:

@@ -62,11 +62,26 @@ _NAMES = {
 }
 
 
+# Kernels before gfx_target_version (5.x) name no target: ROCr derived it from the device id.
+# Only the old boards such kernels ran are listed.
+_GFX_BY_DEVICE = {
+    0x67DF: "gfx803",  # Polaris 10/20: RX 470/480/570/580
+    0x67EF: "gfx803",  # Polaris 11
+    0x6FDF: "gfx803",  # Polaris 20 XL
+    0x687F: "gfx900",  # Vega 10: RX Vega 56/64
+    0x66A0: "gfx906",
+    0x66A1: "gfx906",
+    0x66AF: "gfx906",  # Vega 20: Radeon VII, MI50/MI60
+    0x738C: "gfx908",  # MI100
+}
+
+
 @dataclass(frozen=True)
 class AmdProbe:
     gpus: tuple[Gpu, ...]  # index -1: the caller numbers them after the NVIDIA cards
     driver_version: str | None  # Host.amdgpu_version
     nvidia_devices: tuple[str, ...]  # PCI addresses of NVIDIA GPUs seen on the bus
+    unbound: tuple[str, ...]  # AMD GPUs on the bus that the amdgpu driver does not own
 
 
 def probe_amd(sysfs: Sysfs) -> AmdProbe:
@@ -85,7 +100,9 @@ def probe_amd(sysfs: Sysfs) -> AmdProbe:
     for bdf in _amdgpu_devices(sysfs):
         if bdf not in joined:
             gpus.append(_read_gpu(sysfs, bdf, None, {}, bdf_by_node, live))
-    return AmdProbe(tuple(gpus), driver, _nvidia_devices(sysfs))
+    nvidia = _display_devices(sysfs, NVIDIA_VENDOR)
+    unbound = tuple(b for b in _display_devices(sysfs, AMD_VENDOR) if not _is_amdgpu(sysfs, b))
+    return AmdProbe(tuple(gpus), driver, nvidia, unbound)
 
 
 def _kfd_gpu_nodes(sysfs: Sysfs) -> dict[int, tuple[dict[str, int], str | None]]:
@@ -131,11 +148,12 @@ def _is_amdgpu(sysfs: Sysfs, bdf: str) -> bool:
     )
 
 
-def _nvidia_devices(sysfs: Sysfs) -> tuple[str, ...]:
+def _display_devices(sysfs: Sysfs, vendor: int) -> tuple[str, ...]:
+    """PCI addresses of one vendor's display controllers (class 0x03xxxx), any driver."""
     found = []
     for bdf in sysfs.entries(sysfs.path("bus", "pci", "devices")):
         device = _device_dir(sysfs, bdf)
-        if sysfs.number(device / "vendor", 16) != NVIDIA_VENDOR:
+        if sysfs.number(device / "vendor", 16) != vendor:
             continue
         klass = sysfs.number(device / "class", 16)
         if klass is not None and klass >> 16 == 0x03:  # a display controller, not its audio
@@ -154,6 +172,8 @@ def _read_gpu(
     device = _device_dir(sysfs, bdf)
     unique_id = _unique_id(sysfs, device, props)
     gfx = rocm.gfx_target(props.get("gfx_target_version", 0))
+    if gfx is None and "gfx_target_version" not in props:
+        gfx = _GFX_BY_DEVICE.get(sysfs.number(device / "device", 16) or 0)
     total = sysfs.number(device / "mem_info_vram_total") or _kfd_memory(sysfs, node)
     vram_vendor = sysfs.exists(device / "mem_info_vram_vendor")
     board = sysfs.exists(device / "board_info")

@@ -88,10 +88,12 @@ class RigTraits:
 
 def classify(rig: Rig) -> RigTraits:
     gpus = rig.gpus
+    # An iGPU's few hundred MiB of carve-out say nothing about how the real cards compare.
+    discrete = [g for g in gpus if not (g.amd and g.amd.integrated)]
     found: list[Trait | None] = [
         _gpu_count(gpus),
-        _symmetric(gpus),
-        _asymmetric_vram(gpus),
+        _symmetric(discrete),
+        _asymmetric_vram(discrete),
         _mixed_compute(gpus),
         _nvlink(rig),
         _narrow_pcie(gpus),
@@ -346,9 +348,12 @@ def _driver_major(driver_version: str | None) -> int | None:
 def _ollama_rocm_problem(gpu: Gpu, version: str | None) -> str | None:
     """An AMD card Ollama's ROCm build has no kernels for, and no override maps onto one: it
     drops the card ("no rocblas support for gfx target", discover/amd.go)."""
-    gfx = gpu.amd.gfx_target if gpu.amd is not None else None
-    if gfx is None or not gpu.amd or not gpu.amd.rocm_usable or gpu.amd.integrated:
+    amd = gpu.amd
+    if amd is None or amd.gfx_target is None or amd.kfd_node is None or amd.integrated:
         return None  # reported by amd_not_in_kfd / amd_igpu instead
+    gfx = amd.gfx_target
+    if rocm.too_old(gfx):
+        return f"{gfx} is older than GFX9, ROCm's floor: no current ROCm runtime supports it"
     if gfx in rocm.ollama_targets(version) or rocm.override_for(gfx, version):
         return None
     return (
@@ -496,7 +501,7 @@ def _amd_igpu(gpus: Sequence[Gpu]) -> Trait | None:
 
 
 def _not_in_kfd(gpus: Sequence[Gpu]) -> Trait | None:
-    skipped = [g for g in _amd(gpus) if g.amd and not g.amd.rocm_usable]
+    skipped = [g for g in _amd(gpus) if g.amd and g.amd.kfd_node is None]
     if not skipped:
         return None
     reasons = "; ".join(

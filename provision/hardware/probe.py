@@ -13,20 +13,29 @@ from pathlib import Path
 from provision.errors import HostError
 from provision.hardware import system
 from provision.hardware.amdgpu import AmdProbe, probe_amd
-from provision.hardware.rig import Host, Rig
+from provision.hardware.rig import Gpu, Host, Rig
 from provision.hardware.sysfs import Sysfs
 
 
 def probe_box(sysfs: Sysfs) -> Rig:
     amd = probe_amd(sysfs)
+    if amd.unbound and not amd.gpus:
+        raise HostError(
+            f"AMD GPU(s) at {', '.join(amd.unbound)} (seen under {sysfs.root}), but the amdgpu "
+            "driver does not own them",
+            hint="load it ('modprobe amdgpu'; check 'dmesg | grep amdgpu' and that "
+            "/sys/module/amdgpu/initstate reads live), or pass a recorded snapshot with --rig",
+        )
     nvidia = _nvidia(amd, sysfs.root)
-    host = nvidia.host if nvidia is not None else _host_without_nvml()
-    first = len(nvidia.gpus) if nvidia is not None else 0
-    amd_gpus = tuple(replace(g, index=first + n) for n, g in enumerate(amd.gpus))
-    return Rig(
-        host=replace(host, amdgpu_version=amd.driver_version),
-        gpus=(nvidia.gpus if nvidia is not None else ()) + amd_gpus,
-    )
+    if nvidia is None:
+        return combine(_host_without_nvml(), (), amd)
+    return combine(nvidia.host, nvidia.gpus, amd)
+
+
+def combine(host: Host, nvidia: tuple[Gpu, ...], amd: AmdProbe) -> Rig:
+    """NVIDIA cards first (NVML's indices), then the AMD cards numbered on from there."""
+    amd_gpus = tuple(replace(g, index=len(nvidia) + n) for n, g in enumerate(amd.gpus))
+    return Rig(host=replace(host, amdgpu_version=amd.driver_version), gpus=nvidia + amd_gpus)
 
 
 def _nvidia(amd: AmdProbe, root: Path) -> Rig | None:

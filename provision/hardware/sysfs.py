@@ -49,6 +49,7 @@ class Sysfs:
 
     def real(self, path: Path) -> Path | None:
         """Where `path` leads, symlinks resolved; None when it leaves the root or is missing."""
+        self._note(path)
         resolved = Path(os.path.realpath(path))
         if resolved != self.root and self.root not in resolved.parents:
             return None

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field, replace
 from provision import ollama, paths
 from provision.errors import InputError
 from provision.hardware.classify import TraitKind, classify, gpu_label, gpu_labels
-from provision.hardware.rig import Gpu, Rig
+from provision.hardware.rig import Gpu, Rig, Vendor
 from provision.models.estimate import KvType, Runtime
 from provision.placement.decisions import Balancer, Instance, ModelPlacement
 from provision.placement.fit import SAFETY_MARGIN_BYTES, GpuShare, Verdict, by_speed, fit_model
 from provision.placement.ollama_levers import with_ollama_view
 from provision.placement.profile import ModelEntry, Profile
-from provision.placement.visibility import device_names, visibility_env
+from provision.placement.visibility import device_names, kfd_order, visibility_env
 from provision.units import MIB
 
 # What llama.cpp's --fit leaves free per device: the margin our own placement keeps.
@@ -37,13 +37,17 @@ def instances(
     placements: Sequence[ModelPlacement],
     all_resident: bool,
     ollama_version: str | None,
+    box: Rig | None = None,
 ) -> Layout:
+    """`rig`: the GPUs models may run on; `box`: every GPU of the host (default `rig`), which
+    the visibility variables must hide from a unit as much as show it its own."""
+    box = box or rig
     if profile.runtime == Runtime.LLAMA_SERVER:
-        return _llama_servers(rig, profile, placements)
+        return _llama_servers(box, profile, placements)
     replicas = _replica_gpus(rig, profile, placements)
     if replicas:
-        return _ollama_replicas(rig, profile, placements, replicas, ollama_version)
-    return _ollama_single(rig, profile, placements, all_resident, ollama_version)
+        return _ollama_replicas(box, profile, placements, replicas, ollama_version)
+    return _ollama_single(rig, profile, placements, all_resident, ollama_version, box)
 
 
 def server_parallel(profile: Profile) -> int:
@@ -94,13 +98,16 @@ def _ollama_single(
     placements: Sequence[ModelPlacement],
     all_resident: bool,
     version: str | None,
+    box: Rig,
 ) -> Layout:
     placed = _placed(placements)
     used = {i for p in placed for i in p.gpu_indices}
     gpus = by_speed([g for g in rig.gpus if g.index in used] or list(rig.gpus))
+    if all(g.vendor == Vendor.AMD for g in gpus):
+        gpus = kfd_order(gpus)  # Ollama's device positions (main_gpu) are the HIP ordinals
     listen = profile.listen
     env = [
-        *visibility_env(gpus, rig, version, ollama=True),
+        *visibility_env(gpus, box, version, ollama=True),
         ("OLLAMA_HOST", paths.host_port((listen.address, listen.port))),
         *_common_ollama_env(profile, placed),
         ("OLLAMA_MAX_LOADED_MODELS", str(len(placed) if all_resident else 1)),

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from provision.hardware.classify import gpu_label, gpu_labels
-from provision.hardware.rig import Gpu
+from provision.hardware.rig import Gpu, Vendor
 from provision.placement.decisions import ModelPlacement
 from provision.placement.fit import FitResult, Verdict, resident_bytes
 from provision.placement.ollama_scheduler import (
@@ -60,14 +60,18 @@ def _free(gpu: Gpu, resident: dict[int, int]) -> int:
     return max(min(reported, gpu.memory_total_bytes - resident.get(gpu.index, 0)), 0)
 
 
+def _library(gpu: Gpu) -> str:
+    return "ROCm" if gpu.vendor == Vendor.AMD else "CUDA"
+
+
 def _view(
     visible: Sequence[Gpu], p: ModelPlacement, spread: bool, resident: dict[int, int]
 ) -> ModelPlacement:
     if len(visible) <= 1:
         where = gpu_label(visible[0]) if visible else "no GPU"
-        why = f"Ollama sees only {where} (CUDA_VISIBLE_DEVICES), so it runs the model there"
+        why = f"Ollama sees only {where} (its visible devices), so it runs the model there"
         return replace(p, ollama_gpus=tuple(g.index for g in visible), ollama_reason=why)
-    sched = [SchedGpu(g.uuid, "CUDA", _free(g, resident)) for g in visible]
+    sched = [SchedGpu(g.uuid, _library(g), _free(g, resident)) for g in visible]
     by_uuid = {g.uuid: g for g in visible}
     predicted = predicted_vram_bytes(p.spec, p.settings.ctx_tokens, p.settings.parallel)
     num_gpu = p.num_gpu if p.num_gpu is not None else -1
@@ -83,13 +87,24 @@ def _view(
     if chosen == wanted:
         why = f"Ollama puts it on {_names(visible, chosen)} as planned ({basis})"
         return replace(p, ollama_gpus=chosen, ollama_reason=why)
-    position = [g.index for g in visible].index(wanted[0])
+    # main_gpu indexes each library's devices (bestExplicitMainGPU): the card's place among
+    # the visible cards of its own vendor.
+    target = next(g for g in visible if g.index == wanted[0])
+    same = [g.index for g in visible if g.vendor == target.vendor]
+    position = same.index(target.index)
     pinned = select_placement(sched, predicted, spread=spread, main_gpu=position, num_gpu=num_gpu)
-    assert tuple(by_uuid[g.id].index for g in pinned.gpus) == wanted, "main_gpu must pin it"
     would = "spread it over" if len(chosen) > 1 else "run it on"
+    if tuple(by_uuid[g.id].index for g in pinned.gpus) != wanted:
+        # Both vendors have a card at that place and Ollama takes the one with more free memory.
+        why = (
+            f"Ollama will {would} {_names(visible, chosen)} ({basis}), not as planned: "
+            f"PARAMETER main_gpu {position} names a card of each vendor, so no lever pins it"
+        )
+        return replace(p, ollama_gpus=chosen, ollama_reason=why)
     why = (
         f"Ollama alone would {would} {_names(visible, chosen)} ({basis}); PARAMETER main_gpu "
-        f"{position} (its place in CUDA_VISIBLE_DEVICES) pins it to {_names(visible, wanted)}"
+        f"{position} (its place among the visible {_library(target)} devices) pins it to "
+        f"{_names(visible, wanted)}"
     )
     return replace(p, ollama_gpus=wanted, main_gpu=position, ollama_reason=why)
 

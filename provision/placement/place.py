@@ -144,7 +144,9 @@ def place(
                 f"{mp.entry.ref} left out: {mp.fit.reason}; what would fit: "
                 + "; ".join(mp.fit.suggestions)
             )
-    layout = instances.instances(rig_for_models, profile, placements, all_resident, version)
+    layout = instances.instances(
+        rig_for_models, profile, placements, all_resident, version, box=rig
+    )
     decided = power.decide(rig, profile, sysfs_root)
     warnings += layout.warnings + decided.warnings
     return Placement(
@@ -164,12 +166,7 @@ def place(
 def _runnable(rig: Rig, profile: Profile, traits: RigTraits, warnings: list[str]) -> Rig:
     """The GPUs the runtime can run models on. An AMD iGPU, or a card ROCm cannot use, is never
     one; a card below Ollama's floor is left out of Ollama's, unless there is nothing else."""
-    unusable = {
-        i
-        for kind in (TraitKind.AMD_IGPU, TraitKind.AMD_NOT_IN_KFD)
-        if (trait := traits.get(kind)) is not None
-        for i in trait.gpus
-    }
+    unusable = {g.index for g in rig.gpus if g.amd and (g.amd.integrated or not g.amd.rocm_usable)}
     below = traits.get(TraitKind.BELOW_RUNTIME_FLOOR)
     if profile.runtime == Runtime.OLLAMA and below is not None:
         supported = [g for g in rig.gpus if g.index not in below.gpus and g.index not in unusable]

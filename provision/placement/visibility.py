@@ -3,8 +3,9 @@ ROCm gfx overrides, and llama.cpp's device names. Pure.
 
 - NVIDIA: CUDA_VISIBLE_DEVICES by UUID, in PCI order.
 - AMD: ROCR_VISIBLE_DEVICES by `GPU-<unique_id>` (ROCm's "GPU isolation techniques": filters
-  for all of ROCm; the ordinal where a card has no unique_id). HIP renumbers the survivors from
-  0, so llama.cpp names them ROCm0, ROCm1, ... in that order.
+  for all of ROCm; the ordinal where a card has no unique_id), listed in KFD order. HIP
+  renumbers the survivors from 0, so llama.cpp names them ROCm0, ROCm1, ...; whether ROCr keeps
+  the listed order or KFD's is not documented, and with the list in KFD order both agree.
 - HIP also obeys CUDA_VISIBLE_DEVICES (Ollama ml/device.go, updateVisibleDevicesEnv: "ROCm also
   looks at the CUDA env var, and gets confused in mixed-vendor environments"): on a box with
   both vendors an AMD unit sets HIP_VISIBLE_DEVICES itself, which HIP reads first, and an NVIDIA
@@ -39,6 +40,7 @@ def visibility_env(gpus: Sequence[Gpu], rig: Rig, version: str | None, ollama: b
         # An Ollama unit of AMD cards only: its CUDA backend must not pick up the NVIDIA cards.
         env += [("CUDA_VISIBLE_DEVICES", "-1")]
     if amd:
+        amd = kfd_order(amd)
         env += [("ROCR_VISIBLE_DEVICES", ",".join(rocm_id(g, rig) for g in amd))]
         if box_has_nvidia:
             env += [("HIP_VISIBLE_DEVICES", ",".join(str(n) for n in range(len(amd))))]
@@ -84,8 +86,16 @@ def _left_out_amd(rig: Rig, chosen: Sequence[Gpu]) -> bool:
     return any(g.vendor == Vendor.AMD and g.index not in picked for g in rig.gpus)
 
 
+def kfd_order(gpus: Sequence[Gpu]) -> list[Gpu]:
+    return sorted(gpus, key=lambda g: (g.amd.kfd_node if g.amd and g.amd.kfd_node else 0, g.index))
+
+
 def device_names(gpus: Sequence[Gpu]) -> list[str]:
-    """llama.cpp's names for the visible devices, in order: CUDA0.. or ROCm0.. (the HIP build
-    names its devices GGML_CUDA_NAME + index, GGML_CUDA_NAME being "ROCm")."""
-    prefix = "ROCm" if gpus and gpus[0].vendor == Vendor.AMD else "CUDA"
-    return [f"{prefix}{n}" for n in range(len(gpus))]
+    """llama.cpp's names for `gpus`, in the order given (which `-ts` follows): CUDA<n> with n
+    the place in CUDA_VISIBLE_DEVICES (listed in this order), ROCm<n> with n the HIP ordinal
+    (KFD order among the visible cards). The HIP build names its devices GGML_CUDA_NAME + index,
+    GGML_CUDA_NAME being "ROCm" (ggml/include/ggml-cuda.h)."""
+    if not gpus or gpus[0].vendor != Vendor.AMD:
+        return [f"CUDA{n}" for n in range(len(gpus))]
+    ordinal = {g.index: n for n, g in enumerate(kfd_order(gpus))}
+    return [f"ROCm{ordinal[g.index]}" for g in gpus]

@@ -8,10 +8,10 @@ def root(context, missing=missing):
     cond_expr_undefined = Undefined
     if 0: yield None
     l_0_header = resolve('header')
+    l_0_nvidia = resolve('nvidia')
     l_0_power = resolve('power')
     l_0_amd = resolve('amd')
     l_0_amd_script = resolve('amd_script')
-    l_0_nvidia = resolve('nvidia')
     l_0_before = resolve('before')
     l_0_nvidia_smi = resolve('nvidia_smi')
     try:
@@ -46,7 +46,13 @@ def root(context, missing=missing):
             raise TemplateRuntimeError("No filter named 'watts' found.")
     pass
     yield str((undefined(name='header') if l_0_header is missing else l_0_header))
-    yield "\n# Power limits reset at every boot: this oneshot applies them after nvidia-persistenced and\n# before the inference services. Stopping it restores each GPU's default limit (nvidia-smi has\n# no reset command). Limits as planned:\n"
+    yield '\n'
+    if (undefined(name='nvidia') if l_0_nvidia is missing else l_0_nvidia):
+        pass
+        yield "# Power limits reset at every boot: this oneshot applies them after nvidia-persistenced and\n# before the inference services. Stopping it restores each GPU's default limit (nvidia-smi has\n# no reset command). Limits as planned:\n"
+    else:
+        pass
+        yield "# Power caps reset at every boot: this oneshot applies them before the inference services.\n# Stopping it restores each GPU's default cap. Caps as planned:\n"
     for l_1_p in (undefined(name='power') if l_0_power is missing else l_0_power):
         _loop_vars = {}
         pass
@@ -132,4 +138,4 @@ def root(context, missing=missing):
     yield '\n[Install]\nWantedBy=multi-user.target\n'
 
 blocks = {}
-debug_info = '1=48&5=50&6=53&7=56&9=65&12=70&13=73&18=76&21=79&22=82&28=85&29=88&31=90&32=93&33=96&35=105&38=112&39=115&40=118&41=122&42=125'
+debug_info = '1=48&2=50&10=56&11=59&12=62&14=71&17=76&18=79&23=82&26=85&27=88&33=91&34=94&36=96&37=99&38=102&40=111&43=118&44=121&45=124&46=128&47=131'
