@@ -72,5 +72,14 @@ def profile_digest(profile: Profile) -> str:
 
 
 def rig_digest(rig: Rig) -> str:
-    """sha256 of the canonical snapshot JSON."""
-    return hashlib.sha256(dump_rig(rig, "json").encode()).hexdigest()
+    """sha256 of the canonical snapshot JSON, without the readings that move while the box
+    runs: the desktop's VRAM, the idle link generation and the power limit apply itself sets
+    (a live probe right after apply reads the limit it wrote: the host must stay in sync)."""
+    gpus = []
+    for gpu in rig.gpus:
+        changes: dict[str, object] = {"memory_used_bytes": None}
+        changes["pcie"] = replace(gpu.pcie, gen_current=None)
+        changes["power"] = replace(gpu.power, limit_w=None)
+        gpus.append(replace(gpu, **changes))  # type: ignore[arg-type]
+    stable = replace(rig, gpus=tuple(gpus))
+    return hashlib.sha256(dump_rig(stable, "json").encode()).hexdigest()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from provision.desired import DesiredState
-from provision.hardware.rig import dump_rig, load_rig
+from provision.hardware.rig import load_rig
 from provision.paths import OLLAMA_DROPIN, OLLAMA_TEMPLATE_UNIT
 from provision.pipeline import desired_state, profile_digest, rig_digest
 from provision.placement.profile import load_profile
@@ -141,5 +141,20 @@ def test_profile_digest_follows_content_not_location(tmp_path: Path) -> None:
 def test_digests_are_stamped() -> None:
     desired = _desired("ollama-auto")
     assert desired.rig_digest == rig_digest(TWO_3090)
-    assert desired.rig_digest == hashlib.sha256(dump_rig(TWO_3090, "json").encode()).hexdigest()
+    assert len(desired.rig_digest) == 64
     assert len(desired.profile_digest) == 64
+
+
+def test_rig_digest_ignores_readings_that_move_at_run_time() -> None:
+    gpu = TWO_3090.gpus[0]
+    moved = replace(
+        gpu,
+        memory_used_bytes=(gpu.memory_used_bytes or 0) + 2**30,
+        power=replace(gpu.power, limit_w=123.0),
+        pcie=replace(gpu.pcie, gen_current=1),
+    )
+    assert rig_digest(replace(TWO_3090, gpus=(moved, *TWO_3090.gpus[1:]))) == rig_digest(TWO_3090)
+    other_card = replace(gpu, memory_total_bytes=gpu.memory_total_bytes // 2)
+    assert rig_digest(replace(TWO_3090, gpus=(other_card, *TWO_3090.gpus[1:]))) != rig_digest(
+        TWO_3090
+    )

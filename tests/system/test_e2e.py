@@ -447,3 +447,69 @@ def test_tool_and_standins_are_in_place(make_box: Callable[[str, str], Box]) -> 
     ]
     refused = box.run("nvidia-smi", "-i", "0", "-pl", "900")
     assert refused.returncode == 2
+
+
+# --- an AMD box ------------------------------------------------------------------------------
+
+FAKE_SYS = "/srv/fake-sys"  # the fake sysfs tree, playing /sys for the probe and the power unit
+AMD_GPUS = {  # tests/fakesysfs.py RIGS["2x7900xtx"]: PCI address -> (UUID, hwmon)
+    "0000:03:00.0": ("GPU-9f781dc6258d77a7", "hwmon2"),
+    "0000:0c:00.0": ("GPU-4a2b1c3d5e6f7081", "hwmon3"),
+}
+
+
+def _cap_file(bdf: str) -> str:
+    return f"{FAKE_SYS}/bus/pci/devices/{bdf}/hwmon/{AMD_GPUS[bdf][1]}/power1_cap"
+
+
+def test_power_capped_on_2x7900xtx_from_sysfs(
+    make_box: Callable[[str, str], Box], tmp_path: Path
+) -> None:
+    """The whole AMD path on real systemd: probe from a sysfs tree (no --rig), render ROCm
+    units, apply, the power unit writes microwatts to the hwmon files, verify reads them back,
+    a cap reset (as after a resume) is found and repaired, stopping restores the default."""
+    from tests.fakesysfs import RIGS as FAKE_RIGS
+    from tests.fakesysfs import build
+
+    box = make_box(RIG_2X3090, "power-capped")  # its recorded rig is not used: no --rig below
+    box.container.put("/etc/nvidia-smi-standin/gpus.json", "[]")
+    box.container.copy_in(build(tmp_path / "sys", FAKE_RIGS["2x7900xtx"]), FAKE_SYS)
+    live = ("--sysfs", FAKE_SYS, "--profile", "power-capped")
+
+    assert box.provision("diff", *live).returncode == 1
+    applied = box.provision("apply", "--yes", *live)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    for bdf in AMD_GPUS:
+        assert box.container.get(_cap_file(bdf)).strip() == "300000000"  # 300 W in microwatts
+    dropin = box.container.get(DROPIN)
+    assert "ROCR_VISIBLE_DEVICES=GPU-9f781dc6258d77a7,GPU-4a2b1c3d5e6f7081" in dropin
+    assert "CUDA_VISIBLE_DEVICES" not in dropin
+    seen = env_of(box, 11434)  # what the Ollama stand-in was started with
+    assert seen["ROCR_VISIBLE_DEVICES"] == "GPU-9f781dc6258d77a7,GPU-4a2b1c3d5e6f7081"
+    again = box.provision("diff", *live)
+    assert again.returncode == 0, again.stdout
+
+    box.container.reboot()
+    report = assert_verified(box)
+    assert {f"power:{uuid}" for uuid, _ in AMD_GPUS.values()} <= ids(report)
+    assert box.provision("diff", *live).returncode == 0
+
+    # amdgpu forgets the cap on suspend/resume: the stock value is back in power1_cap.
+    box.container.put(_cap_file("0000:0c:00.0"), "327000000\n")
+    code, report = box.verify()
+    assert code == 1
+    assert failures(report) == {
+        "power:GPU-4a2b1c3d5e6f7081": "power cap 327 W, planned 300 W",
+    }
+    repaired = box.provision("apply", "--yes", *live)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert box.container.get(_cap_file("0000:0c:00.0")).strip() == "300000000"
+    assert_verified(box)
+    # The resume unit is enabled for the sleep targets.
+    wanted = box.run("systemctl", "show", "-p", "WantedBy", "gpu-power-limits-resume.service")
+    assert "suspend.target" in wanted.stdout
+
+    # Stopping the power unit restores power1_cap_default on every card.
+    assert box.run("systemctl", "stop", "gpu-power-limits.service").returncode == 0
+    for bdf in AMD_GPUS:
+        assert box.container.get(_cap_file(bdf)).strip() == "327000000"
