@@ -222,7 +222,12 @@ def test_mixed_box_gets_both_vendors_in_one_snapshot(tmp_path: Path, fake_nvml: 
     ]
     assert TraitKind.MIXED_VENDOR in classify(rig).kinds
     snapshot = _snapshot_file("3090-7900xtx")
-    fixed = Rig(_host("3090-7900xtx", rig.host.amdgpu_version), rig.gpus)
+    nvml_facts = {
+        "driver_version": rig.host.driver_version,
+        "cuda_driver_version": rig.host.cuda_driver_version,
+        "nvml_version": rig.host.nvml_version,
+    }
+    fixed = Rig(replace(_host("3090-7900xtx", rig.host.amdgpu_version), **nvml_facts), rig.gpus)
     if UPDATE:
         _write_snapshot("3090-7900xtx", fixed)
     assert load_rig(snapshot) == fixed

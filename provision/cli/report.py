@@ -69,7 +69,7 @@ def gpu_rows(rig: Rig) -> list[tuple[str, ...]]:
             short_name(g),
             gib(g.memory_total_bytes),
             "-" if g.memory_used_bytes is None else gib(g.memory_used_bytes),
-            _or_dash(g.compute_capability),
+            _or_dash(g.amd.gfx_target if g.amd else g.compute_capability),
             _pcie(g),
             _nvlink_peers(g, rig),
             _power(g),
@@ -97,9 +97,10 @@ def host_line(rig: Rig) -> str:
         )
         or "none found"
     )
+    amdgpu = f", amdgpu {h.amdgpu_version}" if h.amdgpu_version else ""
     return (
         f"host {h.hostname}: driver {_or_dash(h.driver_version)}, "
-        f"CUDA {_or_dash(h.cuda_driver_version)}, kernel {_or_dash(h.kernel)}; "
+        f"CUDA {_or_dash(h.cuda_driver_version)}{amdgpu}, kernel {_or_dash(h.kernel)}; "
         f"runtimes: {runtimes}"
     )
 
