@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from provision.errors import HostError
 from provision.hardware import system
-from provision.hardware.rig import Gpu, Host, NvLink, PcieLink, PowerLimits, Rig, Vendor
+from provision.hardware.rig import Gpu, NvLink, PcieLink, PowerLimits, Rig, Vendor
 
 T = TypeVar("T")
 
@@ -51,19 +51,7 @@ def probe_rig() -> Rig:
     finally:
         with suppress(pynvml.NVMLError):
             pynvml.nvmlShutdown()
-    facts = system.read_os_facts()
-    host = Host(
-        hostname=facts.hostname,
-        kernel=facts.kernel,
-        cpu_count=facts.cpu_count,
-        ram_bytes=facts.ram_bytes,
-        driver_version=driver,
-        cuda_driver_version=cuda,
-        nvml_version=nvml_version,
-        amdgpu_version=None,
-        runtimes=system.detect_runtimes(),
-    )
-    return Rig(host=host, gpus=gpus)
+    return Rig(host=system.read_host(driver, cuda, nvml_version), gpus=gpus)
 
 
 def _init(nvml: Any) -> None:

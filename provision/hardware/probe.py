@@ -28,7 +28,7 @@ def probe_box(sysfs: Sysfs) -> Rig:
         )
     nvidia = _nvidia(amd, sysfs.root)
     if nvidia is None:
-        return combine(_host_without_nvml(), (), amd)
+        return combine(system.read_host(), (), amd)
     return combine(nvidia.host, nvidia.gpus, amd)
 
 
@@ -54,18 +54,3 @@ def _nvidia(amd: AmdProbe, root: Path) -> Rig | None:
         if not amd.gpus:
             raise  # no GPU of either vendor: NVML's message says what to install
         return None
-
-
-def _host_without_nvml() -> Host:
-    facts = system.read_os_facts()
-    return Host(
-        hostname=facts.hostname,
-        kernel=facts.kernel,
-        cpu_count=facts.cpu_count,
-        ram_bytes=facts.ram_bytes,
-        driver_version=None,
-        cuda_driver_version=None,
-        nvml_version=None,
-        amdgpu_version=None,
-        runtimes=system.detect_runtimes(),
-    )

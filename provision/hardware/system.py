@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from provision.command import run
+from provision.hardware.rig import Host
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,26 @@ def read_os_facts() -> OsFacts:
         kernel=platform.release() or None,
         cpu_count=os.cpu_count(),
         ram_bytes=_ram_bytes(),
+    )
+
+
+def read_host(
+    driver_version: str | None = None,
+    cuda_driver_version: str | None = None,
+    nvml_version: str | None = None,
+) -> Host:
+    """This machine's Host: OS facts, the installed runtimes, and the driver facts given."""
+    facts = read_os_facts()
+    return Host(
+        hostname=facts.hostname,
+        kernel=facts.kernel,
+        cpu_count=facts.cpu_count,
+        ram_bytes=facts.ram_bytes,
+        driver_version=driver_version,
+        cuda_driver_version=cuda_driver_version,
+        nvml_version=nvml_version,
+        amdgpu_version=None,
+        runtimes=detect_runtimes(),
     )
 
 
