@@ -77,7 +77,7 @@ def desired_options(func: F) -> F:
     return profile_option(func)
 
 
-def read_rig(rig_file: Path | None, sysfs: Path) -> Rig:
+def read_rig(rig_file: Path | None, sysfs: Path = Path("/sys")) -> Rig:
     """The recorded snapshot, or a live probe (NVML, and `sysfs` for AMD cards)."""
     if rig_file is not None:
         from provision.hardware.rig import load_rig  # lazy: start-up speed (yaml)
