@@ -125,8 +125,9 @@ def _ollama_single(
     if spread:
         env.append(("OLLAMA_SCHED_SPREAD", "1"))
     if not ollama.is_legacy_ollama(version):
-        env.append(("LLAMA_ARG_FIT_TARGET", str(FIT_TARGET_MIB)))
-        reasons.append(f"llama.cpp's fit leaves {FIT_TARGET_MIB} MiB free per GPU")
+        fit_target, why = _fit_target(gpus)
+        env.append(("LLAMA_ARG_FIT_TARGET", fit_target))
+        reasons.append(why)
         tensor_split = _explicit_split(rig, placed, split, gpus)
         if tensor_split:
             env.append(("LLAMA_ARG_TENSOR_SPLIT", tensor_split))
@@ -144,6 +145,24 @@ def _ollama_single(
     served = [replace(p, units=(paths.OLLAMA_UNIT,) if p.placed else ()) for p in placements]
     models = with_ollama_view(gpus, served, spread, version, all_resident)
     return Layout((instance,), models, None, warnings)
+
+
+def _fit_target(gpus: Sequence[Gpu]) -> tuple[str, str]:
+    """LLAMA_ARG_FIT_TARGET: the margin llama.cpp's fit leaves free, per device when needed.
+
+    On ROCm the fit reads HIP's free memory, which does not count the desktop's and other
+    graphics allocations (hipMemGetInfo; llama.cpp issue #24906): an AMD card's margin is raised
+    by the VRAM sysfs shows in use, in HIP order (what -fit-target's list follows)."""
+    if not gpus or any(g.vendor != Vendor.AMD for g in gpus):
+        return str(FIT_TARGET_MIB), f"llama.cpp's fit leaves {FIT_TARGET_MIB} MiB free per GPU"
+    margins = [FIT_TARGET_MIB + (g.memory_used_bytes or 0) // MIB for g in kfd_order(gpus)]
+    if len(set(margins)) == 1 and margins[0] == FIT_TARGET_MIB:
+        return str(FIT_TARGET_MIB), f"llama.cpp's fit leaves {FIT_TARGET_MIB} MiB free per GPU"
+    listed = ",".join(map(str, margins))
+    return listed, (
+        f"llama.cpp's fit leaves {FIT_TARGET_MIB} MiB free per GPU plus what the desktop and "
+        f"other graphics hold, which HIP's free figure misses ({listed} MiB, HIP order)"
+    )
 
 
 def _spread_decision(
