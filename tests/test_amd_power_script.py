@@ -19,7 +19,11 @@ SCRIPT = GOLDEN_DIR / "fakesysfs-2x7900xtx__power-capped" / AMDGPU_POWER_SCRIPT.
 
 def _run(device: Path, watts: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["/bin/sh", str(SCRIPT), str(device), watts], capture_output=True, text=True, check=False
+        ["/bin/sh", str(SCRIPT), str(device), watts],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "PROVISION_HWMON_WAIT_S": "1"},
     )
 
 
@@ -61,3 +65,16 @@ def test_a_card_without_power_files_fails_loudly(tmp_path: Path) -> None:
     igpu = _card(tmp_path, "apu-7900xtx", "0000:c6:00.0")
     result = _run(igpu, "50")
     assert result.returncode == 1 and "no hwmon power1_cap" in result.stderr
+
+
+def test_an_unreadable_default_fails_clearly_and_missing_bounds_do_not(tmp_path: Path) -> None:
+    device = _card(tmp_path, "2x7900xtx")
+    (default,) = device.glob("hwmon/hwmon*/power1_cap_default")
+    default.write_text("\n")
+    result = _run(device, "default")
+    assert result.returncode == 1 and "power1_cap_default cannot be read" in result.stderr
+    assert _cap(device) == "327000000"  # left as it was
+    for bound in device.glob("hwmon/hwmon*/power1_cap_m*"):
+        bound.unlink()
+    assert _run(device, "280").returncode == 0
+    assert _cap(device) == "280000000"

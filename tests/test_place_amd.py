@@ -131,3 +131,34 @@ def test_seed_case_qwen72b_iq3_xxs_at_32k_splits_over_two_radeons(tmp_path: Path
     env = dict(instance.env)
     assert set(env["ROCR_VISIBLE_DEVICES"].split(",")) == {g.uuid for g in rig.gpus}
     assert "CUDA_VISIBLE_DEVICES" not in env
+
+
+def test_override_is_global_when_the_other_card_natively_is_that_target() -> None:
+    mixed = load_named_rig("fakesysfs-6900xt-7900xtx")
+    # A 6900 XT (gfx1030 = 10.3.0) beside a 6700 XT (gfx1031, needs 10.3.0): Ollama reads only
+    # the global variable, and 10.3.0 is right for both.
+    amd = replace(mixed.gpu(1).amd, gfx_target="gfx1031")  # type: ignore[type-var]
+    rig = replace(mixed, gpus=(mixed.gpu(0), replace(mixed.gpu(1), amd=amd)))
+    env = _env([0, 1], rig)
+    assert env["HSA_OVERRIDE_GFX_VERSION"] == "10.3.0"
+    assert not [k for k in env if k.startswith("HSA_OVERRIDE_GFX_VERSION_")]
+
+
+def test_dropping_amd_caps_leaves_the_restore_to_the_power_unit() -> None:
+    """The cap script leaves with the last AMD cap; apply must not run it afterwards."""
+    from provision.change.actions import ActionKind, Observed
+    from provision.change.plan import _plan_power
+    from provision.desired import DesiredState
+
+    device = "/sys/bus/pci/devices/0000:03:00.0"
+    recorded = {"power": [{"uuid": "GPU-9f781dc6258d77a7", "target_w": 300.0,
+                           "default_w": 327.0, "device": device}]}  # fmt: skip
+    observed = Observed(
+        live=True,
+        files={},
+        units={},
+        power_w={"GPU-9f781dc6258d77a7": 300.0},
+        manifest=recorded,
+    )
+    section = _plan_power(DesiredState(), observed)
+    assert not [a for a in section.actions if a.kind == ActionKind.SET_POWER]

@@ -17,8 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
-from provision.hardware.amdgpu import probe_amd
+from provision.errors import InputError
+from provision.hardware.amdgpu import pci_device_dir, probe_amd
 from provision.hardware.classify import TraitKind, classify
 from provision.hardware.probe import combine
 from provision.hardware.rig import Gpu, Host, Rig, dump_rig, load_rig, parse_rig
@@ -241,3 +243,29 @@ def test_every_fakesysfs_snapshot_has_its_fixture() -> None:
     """A renamed fixture must not leave a stale snapshot rendering goldens of its own."""
     recorded = {p.stem.removeprefix("fakesysfs-") for p in RIGS_DIR.glob("fakesysfs-*.yaml")}
     assert recorded <= set(RIGS)
+
+
+def test_nvidia_box_with_an_amd_card_the_driver_does_not_own_still_probes(
+    tmp_path: Path, fake_nvml: Path
+) -> None:
+    """An AMD card without amdgpu (an iGPU whose firmware is missing, a card passed to a VM)
+    must not stop the NVIDIA cards from being read."""
+    recorded = load_named_rig("synthetic-4090-3090")
+    nvidia = Rig(recorded.host, (_as_first(recorded.gpus[1], "00000000:01:00.0"),))
+    env = fake_env(fake_nvml, write_fake_rig(nvidia, tmp_path / "nvml.txt"))
+    tree = _tree(tmp_path, "amdgpu-absent")
+    result = run_provision("probe", "--sysfs", str(tree), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert [g["vendor"] for g in json.loads(result.stdout)["gpus"]] == ["nvidia"]
+
+
+def test_an_amd_gpu_without_its_amd_facts_is_refused(tmp_path: Path) -> None:
+    data = yaml.safe_load(_snapshot_file("6700xt").read_text())
+    data["gpus"][0]["amd"] = None
+    with pytest.raises(InputError) as info:
+        parse_rig(yaml.safe_dump(data), "old.yaml")
+    assert "'gpus[0].amd'" in info.value.message and "schema 2" in info.value.message
+
+
+def test_sysfs_device_dir_uses_the_16_bit_domain() -> None:
+    assert pci_device_dir("/sys", "00000000:0C:00.0") == "/sys/bus/pci/devices/0000:0c:00.0"

@@ -25,6 +25,7 @@ from provision.change.manifest import build_manifest, comparable, encode, sha256
 from provision.desired import MANAGED_HEADER, DesiredFile, DesiredState, DesiredUnit
 from provision.ollama import is_registry_model, normalize_model
 from provision.paths import (
+    AMDGPU_POWER_SCRIPT,
     ENABLED_BY_US,
     ENABLED_STATES,
     MANIFEST_PATH,
@@ -336,9 +337,15 @@ def _plan_power(desired: DesiredState, observed: Observed) -> Section:
     recorded = (observed.manifest or {}).get("power", ())
     wanted = {p.uuid for p in desired.power}
     targets = [(p.uuid, p.target_w, p.reason, p.device) for p in desired.power]
+    # The AMD cap script goes with the last AMD cap: the power unit's ExecStop, run when the
+    # unit is stopped, writes power1_cap_default back instead.
+    amd_script = any(f.path == AMDGPU_POWER_SCRIPT for f in desired.files)
     for entry in recorded:
         uuid, default_w = str(entry.get("uuid")), entry.get("default_w")
         device = entry.get("device")
+        if uuid not in wanted and isinstance(device, str) and not amd_script:
+            section.noop(uuid, "no longer managed: the power unit's stop restores the default")
+            continue
         if uuid not in wanted and isinstance(default_w, int | float):
             targets.append(
                 (

@@ -89,7 +89,9 @@ def plan(
 ) -> None:
     """Decide where each model runs, with reasons, and list the files it would write."""
     rig = read_rig(rig_file, sysfs)
-    placement, desired = desired_state(rig, profile_ref, os.environ, allow_partial, str(sysfs))
+    placement, desired = desired_state(
+        rig, profile_ref, os.environ, allow_partial, os.path.abspath(sysfs)
+    )
     if as_json:
         click.echo(json.dumps(placement_to_plain(placement, desired), indent=2))
     else:

@@ -103,7 +103,9 @@ def load_desired(
     from provision.pipeline import desired_state  # lazy: the engine alone needs no placement
 
     rig = read_rig(rig_file, sysfs)
-    placement, desired = desired_state(rig, profile_ref, os.environ, allow_partial, str(sysfs))
+    # Absolute: the power unit runs from / and the manifest must name the same place.
+    sysfs_root = os.path.abspath(sysfs)
+    placement, desired = desired_state(rig, profile_ref, os.environ, allow_partial, sysfs_root)
     return desired, placement.warnings
 
 

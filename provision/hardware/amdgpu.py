@@ -100,7 +100,10 @@ def probe_amd(sysfs: Sysfs) -> AmdProbe:
     for bdf in _amdgpu_devices(sysfs):
         if bdf not in joined:
             gpus.append(_read_gpu(sysfs, bdf, None, {}, bdf_by_node, live))
-    nvidia = _display_devices(sysfs, NVIDIA_VENDOR)
+    # NVIDIA cards the nvidia driver owns: one passed to a VM (vfio-pci) is not NVML's to read.
+    nvidia = tuple(
+        b for b in _display_devices(sysfs, NVIDIA_VENDOR) if _driver(sysfs, b) == "nvidia"
+    )
     unbound = tuple(b for b in _display_devices(sysfs, AMD_VENDOR) if not _is_amdgpu(sysfs, b))
     return AmdProbe(tuple(gpus), driver, nvidia, unbound)
 
@@ -140,12 +143,14 @@ def _device_dir(sysfs: Sysfs, bdf: str) -> Path:
     return sysfs.path("bus", "pci", "devices", bdf)
 
 
+def _driver(sysfs: Sysfs, bdf: str) -> str | None:
+    driver = sysfs.real(_device_dir(sysfs, bdf) / "driver")
+    return driver.name if driver is not None else None
+
+
 def _is_amdgpu(sysfs: Sysfs, bdf: str) -> bool:
-    device = _device_dir(sysfs, bdf)
-    driver = sysfs.real(device / "driver")
-    return sysfs.number(device / "vendor", 16) == AMD_VENDOR and (
-        driver is not None and driver.name == "amdgpu"
-    )
+    vendor = sysfs.number(_device_dir(sysfs, bdf) / "vendor", 16)
+    return vendor == AMD_VENDOR and _driver(sysfs, bdf) == "amdgpu"
 
 
 def _display_devices(sysfs: Sysfs, vendor: int) -> tuple[str, ...]:
@@ -361,4 +366,6 @@ def _display_active(sysfs: Sysfs, device: Path) -> bool | None:
 def pci_device_dir(sysfs_root: str, bdf: str) -> str:
     """The card's PCI device directory on the target: its power cap is written to the
     hwmon/hwmonN below it, N looked up when the cap is set (N follows probe order)."""
-    return f"{sysfs_root.rstrip('/')}/bus/pci/devices/{bdf}"
+    domain, rest = bdf.split(":", 1)
+    # sysfs names the 16-bit domain form (0000:03:00.0), NVML-style files the 32-bit one.
+    return f"{sysfs_root.rstrip('/')}/bus/pci/devices/{int(domain, 16):04x}:{rest.lower()}"

@@ -19,13 +19,6 @@ from provision.hardware.sysfs import Sysfs
 
 def probe_box(sysfs: Sysfs) -> Rig:
     amd = probe_amd(sysfs)
-    if amd.unbound and not amd.gpus:
-        raise HostError(
-            f"AMD GPU(s) at {', '.join(amd.unbound)} (seen under {sysfs.root}), but the amdgpu "
-            "driver does not own them",
-            hint="load it ('modprobe amdgpu'; check 'dmesg | grep amdgpu' and that "
-            "/sys/module/amdgpu/initstate reads live), or pass a recorded snapshot with --rig",
-        )
     nvidia = _nvidia(amd, sysfs.root)
     if nvidia is None:
         return combine(system.read_host(), (), amd)
@@ -50,6 +43,13 @@ def _nvidia(amd: AmdProbe, root: Path) -> Rig | None:
                 f"NVIDIA GPU(s) at {', '.join(amd.nvidia_devices)} (seen under {root}), "
                 f"but {exc.message}",
                 hint=exc.hint,
+            ) from None
+        if not amd.gpus and amd.unbound:
+            raise HostError(
+                f"AMD GPU(s) at {', '.join(amd.unbound)} (seen under {root}), but the amdgpu "
+                "driver does not own them, and there is no NVIDIA driver",
+                hint="load amdgpu ('modprobe amdgpu'; check 'dmesg | grep amdgpu' and that "
+                "/sys/module/amdgpu/initstate reads live), or pass a snapshot with --rig",
             ) from None
         if not amd.gpus:
             raise  # no GPU of either vendor: NVML's message says what to install

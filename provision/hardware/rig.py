@@ -228,6 +228,13 @@ def _check_gpu(gpu: Gpu, path: str) -> None:
         raise FieldError(f"{path}.power.min_w", f"{power.min_w} W is above max_w {power.max_w} W")
     if gpu.amd is not None:
         _check_amd(gpu, gpu.amd, path)
+    elif gpu.vendor == Vendor.AMD:
+        # Without them the card would be named wrongly to ROCm (its uuid is not a ROCm id).
+        raise FieldError(
+            f"{path}.amd",
+            "an AMD GPU needs its AMD facts (snapshot schema 2): record it again with "
+            "'provision probe --save FILE'",
+        )
     for link_position, link in enumerate(gpu.nvlink):
         if not _PCI_BUS_ID.match(link.peer_pci_bus_id):
             raise FieldError(

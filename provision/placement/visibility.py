@@ -67,13 +67,26 @@ def _overrides(amd: Sequence[Gpu], version: str | None) -> Env:
     values = set(wanted.values())
     if values == {None}:
         return []
-    if len(values) == 1:
-        return [("HSA_OVERRIDE_GFX_VERSION", str(values.pop()))]
+    # A card that natively is the override's target (gfx1030 for 10.3.0) agrees with it.
+    native = {value for value in values if value} & {_as_override(g) for g in amd}
+    if len(values - {None}) == 1 and all(
+        wanted[g.index] is not None or _as_override(g) in native for g in amd
+    ):
+        return [("HSA_OVERRIDE_GFX_VERSION", str(next(v for v in values if v)))]
     return [
         (f"HSA_OVERRIDE_GFX_VERSION_{g.amd.kfd_node}", value)
         for g in amd
         if g.amd is not None and (value := wanted[g.index]) is not None
     ]
+
+
+def _as_override(gpu: Gpu) -> str | None:
+    """The card's own target in HSA_OVERRIDE_GFX_VERSION's form: gfx1030 -> 10.3.0."""
+    gfx = gpu.amd.gfx_target if gpu.amd else None
+    if not gfx:
+        return None
+    body = gfx.removeprefix("gfx")
+    return f"{int(body[:-2])}.{int(body[-2], 16)}.{int(body[-1], 16)}"
 
 
 def _override(gpu: Gpu, version: str | None) -> str | None:
