@@ -103,6 +103,19 @@ def ollama_targets(version: str | None) -> frozenset[str]:
     return _OLLAMA_TARGETS_LATEST
 
 
+def override_value(gfx: str) -> str:
+    """A gfx target in HSA_OVERRIDE_GFX_VERSION's form: gfx1030 -> "10.3.0" (decimal major,
+    hex minor and stepping in the name, decimal parts in the variable)."""
+    body = gfx.removeprefix("gfx")
+    return f"{int(body[:-2])}.{int(body[-2], 16)}.{int(body[-1], 16)}"
+
+
+def override_target(value: str) -> str:
+    """The inverse: "10.3.0" -> gfx1030."""
+    major, minor, stepping = (int(part) for part in value.split("."))
+    return f"gfx{major}{minor:x}{stepping:x}"
+
+
 def override_for(gfx: str, version: str | None) -> str | None:
     """The HSA_OVERRIDE_GFX_VERSION value that maps `gfx` onto a target this Ollama ships, or
     None when it runs natively or has no working neighbour."""
@@ -112,8 +125,7 @@ def override_for(gfx: str, version: str | None) -> str | None:
     value = _OVERRIDE_NEIGHBOUR.get(gfx)
     if value is None:
         return None
-    major, minor, stepping = (int(part) for part in value.split("."))
-    return value if f"gfx{major}{minor:x}{stepping:x}" in targets else None
+    return value if override_target(value) in targets else None
 
 
 def too_old(gfx: str) -> bool:

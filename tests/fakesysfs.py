@@ -829,6 +829,11 @@ RIGS: dict[str, FakeRig] = {
 
 
 if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) == 3:  # python -m tests.fakesysfs NAME DIR: write one tree, for --sysfs
+        print(build(Path(sys.argv[2]), RIGS[sys.argv[1]]))
+        raise SystemExit(0)
     for rig_name, rig in RIGS.items():
         print(f"{rig_name}: {rig.description}")
         for n in layout(rig):

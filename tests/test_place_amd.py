@@ -162,3 +162,11 @@ def test_dropping_amd_caps_leaves_the_restore_to_the_power_unit() -> None:
     )
     section = _plan_power(DesiredState(), observed)
     assert not [a for a in section.actions if a.kind == ActionKind.SET_POWER]
+
+
+def test_override_value_and_target_are_inverse() -> None:
+    from provision import rocm
+
+    for gfx in ("gfx1030", "gfx1100", "gfx90a", "gfx942"):
+        assert rocm.override_target(rocm.override_value(gfx)) == gfx
+    assert rocm.override_value("gfx90a") == "9.0.10"

@@ -23,6 +23,7 @@ from provision.command import run
 from provision.desired import DesiredState, DesiredUnit
 from provision.errors import HostError
 from provision.paths import MANIFEST_PATH, NVIDIA_SMI_POWER_QUERY, UNIT_DIRS, reachable, template_of
+from provision.units import MICROWATTS
 
 OLLAMA_TIMEOUT_S = 0.5  # a local API that does not answer this fast is treated as down
 SHOW_PROPERTIES = (
@@ -210,7 +211,7 @@ def amd_power_cap(device: str) -> float | None:
         except OSError:
             continue
         if text.isdigit():
-            return int(text) / 1_000_000
+            return int(text) / MICROWATTS
     return None
 
 

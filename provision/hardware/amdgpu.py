@@ -23,14 +23,13 @@ from pathlib import Path
 from provision import rocm
 from provision.hardware.rig import AmdInfo, Gpu, PcieLink, PowerLimits, Vendor
 from provision.hardware.sysfs import Sysfs
-from provision.units import GIB
+from provision.units import GIB, MICROWATTS
 
 AMD_VENDOR = 0x1002
 NVIDIA_VENDOR = 0x10DE
 _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _SPEED = re.compile(r"^(\d+(?:\.\d+)?) ?GT/s")
 _GENERATION = {2.5: 1, 5.0: 2, 8.0: 3, 16.0: 4, 32.0: 5, 64.0: 6}
-_MICROWATTS = 1_000_000
 _KFD_NODES = ("class", "kfd", "kfd", "topology", "nodes")
 _XGMI_LINK = 11  # CRAT_IOLINK_TYPE_XGMI (amdkfd/kfd_crat.h)
 
@@ -334,7 +333,7 @@ def _power(sysfs: Sysfs, device: Path) -> PowerLimits:
 
         def watts(name: str, base: Path = base) -> float | None:
             value = sysfs.number(base / name)
-            return None if value is None else float(value // _MICROWATTS)
+            return None if value is None else float(value // MICROWATTS)
 
         return PowerLimits(
             limit_w=watts("power1_cap"),

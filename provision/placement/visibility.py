@@ -83,10 +83,7 @@ def _overrides(amd: Sequence[Gpu], version: str | None) -> Env:
 def _as_override(gpu: Gpu) -> str | None:
     """The card's own target in HSA_OVERRIDE_GFX_VERSION's form: gfx1030 -> 10.3.0."""
     gfx = gpu.amd.gfx_target if gpu.amd else None
-    if not gfx:
-        return None
-    body = gfx.removeprefix("gfx")
-    return f"{int(body[:-2])}.{int(body[-2], 16)}.{int(body[-1], 16)}"
+    return rocm.override_value(gfx) if gfx else None
 
 
 def _override(gpu: Gpu, version: str | None) -> str | None:

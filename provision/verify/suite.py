@@ -20,6 +20,7 @@ from provision.change.observe import parse_power_limits
 from provision.change.plan import POWER_TOLERANCE_W
 from provision.ollama import parse_tags
 from provision.paths import NGINX_UNIT, NVIDIA_SMI_POWER_QUERY
+from provision.units import MICROWATTS
 from provision.verify import checks as c
 from provision.verify import environment
 from provision.verify.checks import Check, CheckKind
@@ -252,7 +253,7 @@ def _amd_power(target: Target, device: str, want: float, record_property: Record
     first = seen.stdout.split()[0]
     if not first.isdigit():
         fail(f"{device}: power1_cap reads {first!r}")
-    watts = int(first) / 1_000_000
+    watts = int(first) / MICROWATTS
     if abs(watts - want) > POWER_TOLERANCE_W:
         fail(f"power cap {watts:g} W, planned {want:g} W")
     record_property(DETAIL, f"power cap {watts:g} W (hwmon power1_cap), as planned")
