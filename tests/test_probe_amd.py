@@ -269,3 +269,16 @@ def test_an_amd_gpu_without_its_amd_facts_is_refused(tmp_path: Path) -> None:
 
 def test_sysfs_device_dir_uses_the_16_bit_domain() -> None:
     assert pci_device_dir("/sys", "00000000:0C:00.0") == "/sys/bus/pci/devices/0000:0c:00.0"
+
+
+def test_cli_capture_refuses_a_non_empty_directory_and_a_recorded_rig(tmp_path: Path) -> None:
+    tree = _tree(tmp_path, "6700xt")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep").write_text("mine\n")
+    result = run_provision("probe", "--sysfs", str(tree), "--capture-sysfs", str(busy))
+    assert result.returncode == 2 and "not empty" in result.stderr
+    assert (busy / "keep").read_text() == "mine\n"
+    rig = str(_snapshot_file("6700xt"))
+    result = run_provision("probe", "--rig", rig, "--capture-sysfs", str(tmp_path / "new"))
+    assert result.returncode == 2 and "--rig" in result.stderr
