@@ -87,6 +87,22 @@ def test_a_hand_edited_managed_file_shows_in_the_diff(root: Path, a_json: Path) 
     assert _diff(root, a_json).returncode == 0
 
 
+def test_diff_json_carries_each_files_whole_texts(root: Path, a_json: Path) -> None:
+    """Ansible's diff mode shows before/after per file: a new file has no before, an edited
+    one both texts, byte for byte what is on disk and what apply would write."""
+    created = json.loads(_diff(root, a_json, "--json").stdout)["files"]
+    new = next(f for f in created if f["path"] == "/etc/provision/ollama/0.env")
+    assert new["before"] is None and "OLLAMA_NUM_PARALLEL=1\n" in new["after"]
+    _apply(root, a_json)
+    env = root / "etc/provision/ollama/0.env"
+    wanted = env.read_text()
+    env.write_text(wanted.replace("PARALLEL=1", "PARALLEL=9"))
+    (edited,) = json.loads(_diff(root, a_json, "--json").stdout)["files"]
+    assert edited["path"] == "/etc/provision/ollama/0.env"
+    assert edited["before"] == env.read_text() and edited["after"] == wanted
+    assert "-OLLAMA_NUM_PARALLEL=9\n+OLLAMA_NUM_PARALLEL=1\n" in edited["diff"]
+
+
 def test_a_file_that_is_not_ours_needs_force_and_is_backed_up(root: Path, a_json: Path) -> None:
     mine = root / NGINX_CONF.lstrip("/")
     mine.parent.mkdir(parents=True)

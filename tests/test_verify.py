@@ -274,3 +274,45 @@ def test_verify_bad_input_and_unreachable_hosts(tmp_path: Path) -> None:
     assert malformed.returncode == 2 and "files[0] lacks one of" in malformed.stderr
     gone = run_provision("verify", "--hosts", "ssh://gpu-box.invalid", "--root", str(tmp_path))
     assert gone.returncode == 3 and "ssh://gpu-box.invalid" in gone.stderr  # or no ssh at all
+
+
+def test_several_hosts_one_unreachable(applied_root: Path) -> None:
+    """A fleet: the host that answers is verified in full, the one that does not gets one FAIL
+    line, each host its own summary, and the exit status says a host was unreachable."""
+    hosts = "local://,ssh://gpu-box.invalid"
+    result = run_provision("verify", "--hosts", hosts, "--root", str(applied_root))
+    assert result.returncode == 3, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert sum(line.startswith("local: PASS ") for line in lines) == 6
+    (gone,) = [line for line in lines if "FAIL host" in line]
+    assert gone.startswith("ssh://gpu-box.invalid: FAIL host ssh://gpu-box.invalid: cannot reach")
+    assert lines[-3:] == [
+        "local: 6 passed, 0 failed",
+        "ssh://gpu-box.invalid: not verified",
+        "6 passed, 1 failed",
+    ]
+    report = json.loads(
+        run_provision("verify", "--hosts", hosts, "--root", str(applied_root), "--json").stdout
+    )
+    assert [(h["host"], h["verified"], h["passed"], h["failed"]) for h in report["hosts"]] == [
+        ("local", True, 6, 0),
+        ("ssh://gpu-box.invalid", False, 0, 1),
+    ]
+    assert "cannot reach ssh://gpu-box.invalid" in report["hosts"][1]["error"]
+
+
+def test_inventory_goes_with_ansible_hosts(tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text("all:\n  hosts:\n    gpu-a: {ansible_host: 127.0.0.1}\n")
+    alone = run_provision("verify", "--inventory", str(inventory))
+    assert alone.returncode == 2 and "--inventory is read for ansible:// hosts only" in alone.stderr
+    no_ansible = run_provision(
+        "verify",
+        "--hosts",
+        "ansible://all",
+        "--inventory",
+        str(inventory),
+        env={"PATH": "/nonexistent"},
+    )
+    assert no_ansible.returncode == 3, no_ansible.stderr
+    assert "no ansible-inventory on PATH" in no_ansible.stderr

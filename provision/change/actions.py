@@ -94,6 +94,9 @@ class Observed:
 class FileDiff:
     path: str
     text: str  # a unified diff; empty when only mode or owner differ
+    # The whole texts (None: absent), for consumers that show diffs their own way (Ansible).
+    before: str | None = None
+    after: str | None = None
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from provision.change.actions import Action, ActionKind, FileDiff, Plan
+from provision.change.actions import Action, ActionKind, Plan
 from provision.change.host import Host, list_dir, make_dir, write_atomic
 from provision.change.manifest import encode, sha256
 from provision.change.observe import read_file, unit_states
-from provision.change.plan import unified
+from provision.change.plan import file_diff
 from provision.desired import DesiredFile
 from provision.errors import HostError, InputError
 from provision.paths import BACKUPS_DIR, ENABLED_BY_US, SYSTEMD_DIR
@@ -217,6 +217,5 @@ def rollback_plan(host: Host, backup: Backup) -> Plan:
     for action in files:
         old = read_file(host, action.target)
         new = encode(action.file.content) if action.file else None
-        text = unified(action.target, old.data if old.kind == "file" else None, new)
-        diffs.append(FileDiff(action.target, text))
+        diffs.append(file_diff(action.target, old.data if old.kind == "file" else None, new))
     return Plan(host.live, tuple(first + files + last), (), tuple(diffs), manifest={})

@@ -113,7 +113,7 @@ def _plan_file(
         return
     if have.kind == "missing":
         section.act(ActionKind.WRITE_FILE, want.path, "missing", file=want)
-        section.diffs.append(FileDiff(want.path, unified(want.path, None, data)))
+        section.diffs.append(file_diff(want.path, None, data))
         return
     changes = _attribute_changes(want, data, have)
     if not changes:
@@ -133,7 +133,7 @@ def _plan_file(
         file=want,
     )
     if "content changed" in changes:
-        section.diffs.append(FileDiff(want.path, unified(want.path, have.data, data)))
+        section.diffs.append(file_diff(want.path, have.data, data))
 
 
 def _attribute_changes(want: DesiredFile, data: bytes, have: ObservedFile) -> list[str]:
@@ -164,19 +164,25 @@ def _plan_removal(section: Section, have: ObservedFile, recorded: Mapping[str, A
         section.noop(have.path, f"no longer wanted, but {have.kind}{have.note}: left alone")
     elif carries_header(have.data) or sha256(have.data) == recorded.get("sha256"):
         section.act(ActionKind.REMOVE_FILE, have.path, "no longer wanted (listed in the manifest)")
-        section.diffs.append(FileDiff(have.path, unified(have.path, have.data, None)))
+        section.diffs.append(file_diff(have.path, have.data, None))
     else:
         section.noop(have.path, "no longer wanted, but edited by hand without the header: left")
 
 
-def unified(path: str, old: bytes | None, new: bytes | None) -> str:
-    def lines(data: bytes | None) -> list[str]:
-        return [] if data is None else data.decode("utf-8", "replace").splitlines(keepends=True)
+def file_diff(path: str, old: bytes | None, new: bytes | None) -> FileDiff:
+    """The unified diff from ``old`` to ``new`` (None: the file is absent), and both texts."""
+    before = None if old is None else old.decode("utf-8", "replace")
+    after = None if new is None else new.decode("utf-8", "replace")
 
-    before = "/dev/null" if old is None else f"a{path}"
-    after = "/dev/null" if new is None else f"b{path}"
-    text = "".join(difflib.unified_diff(lines(old), lines(new), before, after))
-    return text if text.endswith("\n") or not text else text + "\n\\ No newline at end of file\n"
+    def lines(text: str | None) -> list[str]:
+        return [] if text is None else text.splitlines(keepends=True)
+
+    old_name = "/dev/null" if old is None else f"a{path}"
+    new_name = "/dev/null" if new is None else f"b{path}"
+    text = "".join(difflib.unified_diff(lines(before), lines(after), old_name, new_name))
+    if text and not text.endswith("\n"):
+        text += "\n\\ No newline at end of file\n"
+    return FileDiff(path, text, before, after)
 
 
 def _dirty_paths(

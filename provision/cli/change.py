@@ -54,7 +54,10 @@ def plan_to_plain(plan: Plan, host: Host, warnings: tuple[str, ...] = ()) -> dic
         "root": str(host.root),
         "mode": "live" if host.live else "offline",
         "in_sync": plan.in_sync,
-        "files": [{"path": d.path, "diff": d.text} for d in plan.diffs],
+        "files": [
+            {"path": d.path, "diff": d.text, "before": d.before, "after": d.after}
+            for d in plan.diffs
+        ],
         "actions": [_action_to_plain(i, a) for i, a in enumerate(plan.actions)],
         "noops": [_action_to_plain(None, a) for a in plan.noops],
         "not_checked": list(plan.not_checked),

@@ -3,6 +3,11 @@
 One line per check (`PASS file /etc/...: sha256 ..., mode 0644, root:root`), then the summary
 `N passed, N failed`. Exit status 0 when every check passed, 1 when one failed, 2 for bad input
 (no manifest, a malformed one, a bad host URL), 3 when a host cannot be reached.
+
+Several hosts (a list, or an `ansible://GROUP` of an inventory) get the host's name before each
+line and a summary per host. A host of several that cannot be verified (unreachable, no
+manifest) gets one FAIL line and the others are still checked; the exit status is then 3 for an
+unreachable host, else 1.
 """
 
 from __future__ import annotations
@@ -15,7 +20,14 @@ import click
 
 from provision.cli.options import json_option
 from provision.errors import ExitCode
-from provision.verify.runner import Result, load_targets, run_suite, summary
+from provision.verify.runner import (
+    Result,
+    Unverified,
+    load_targets,
+    per_host,
+    run_suite,
+    summary,
+)
 
 
 @click.command()
@@ -38,10 +50,20 @@ from provision.verify.runner import Result, load_targets, run_suite, summary
     show_default=True,
     help="The tree the manifest was applied under (not /: files and enablement only).",
 )
+@click.option(
+    "--inventory",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The Ansible inventory that ansible://GROUP hosts are read from.",
+)
 @json_option
 @click.pass_context
 def verify(
-    ctx: click.Context, hosts: str, manifest_file: Path | None, root: str, as_json: bool
+    ctx: click.Context,
+    hosts: str,
+    manifest_file: Path | None,
+    root: str,
+    inventory: Path | None,
+    as_json: bool,
 ) -> None:
     """Check every file, unit, port, environment, endpoint, model and power limit that the
     last apply recorded in /var/lib/provision/manifest.json.
@@ -49,22 +71,40 @@ def verify(
     Exit status 0 when all checks pass, 1 when any fails.
     """
     urls = [u.strip() for u in hosts.split(",") if u.strip()] or ["local://"]
-    targets = load_targets(urls, root, manifest_file)
-    results, pytest_output = run_suite(targets)
+    targets, unverified = load_targets(urls, root, manifest_file, inventory)
+    results, pytest_output = run_suite(targets) if targets else ([], "")
     if ctx.find_root().params.get("debug"):
         click.echo(pytest_output, err=True)
     counts = summary(results)
+    counts["fail"] += len(unverified)
     if as_json:
-        click.echo(json.dumps(_to_plain(results, counts), indent=2))
+        click.echo(json.dumps(_to_plain(results, unverified, counts), indent=2))
     else:
-        several = len(targets) > 1
+        several = len(targets) + len(unverified) > 1
         for result in results:
             click.echo(_line(result, several))
-        if counts["skip"]:
-            click.echo(f"{counts['skip']} skipped")
-        click.echo(f"{counts['pass']} passed, {counts['fail']} failed")
+        for host in unverified:
+            click.echo(f"{host.host}: FAIL host {host.host}: {_unverified_detail(host)}")
+        if several:
+            for name, mine in per_host(results).items():
+                click.echo(f"{name}: {_counts_line(mine)}")
+            for host in unverified:
+                click.echo(f"{host.host}: not verified")
+        click.echo(_counts_line(counts))
+    unreachable = any(h.error.exit_code == ExitCode.HOST_ERROR for h in unverified)
     # docs/ARCHITECTURE.md §4: 1 is "changes pending" for diff and "checks failed" for verify.
-    ctx.exit(int(ExitCode.CHANGES_PENDING if counts["fail"] else ExitCode.OK))
+    failed = ExitCode.CHANGES_PENDING if counts["fail"] else ExitCode.OK
+    ctx.exit(int(ExitCode.HOST_ERROR if unreachable else failed))
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    skipped = f", {counts['skip']} skipped" if counts["skip"] else ""
+    return f"{counts['pass']} passed, {counts['fail']} failed{skipped}"
+
+
+def _unverified_detail(host: Unverified) -> str:
+    hint = f" ({host.error.hint})" if host.error.hint else ""
+    return f"{host.error.message}{hint}"
 
 
 def _line(result: Result, several: bool) -> str:
@@ -73,7 +113,9 @@ def _line(result: Result, several: bool) -> str:
     return f"{prefix}{result.status.upper()} {check.kind} {check.target}: {result.detail}"
 
 
-def _to_plain(results: list[Result], counts: dict[str, int]) -> dict[str, Any]:
+def _to_plain(
+    results: list[Result], unverified: list[Unverified], counts: dict[str, int]
+) -> dict[str, Any]:
     checks = [
         {
             "id": r.check.id,
@@ -86,8 +128,19 @@ def _to_plain(results: list[Result], counts: dict[str, int]) -> dict[str, Any]:
         }
         for r in results
     ]
+    hosts = [
+        {"host": name, "verified": True, "passed": c["pass"], "failed": c["fail"]}
+        | {"skipped": c["skip"], "error": None}
+        for name, c in per_host(results).items()
+    ]
+    hosts += [
+        {"host": h.host, "verified": False, "passed": 0, "failed": 1, "skipped": 0}
+        | {"error": _unverified_detail(h)}
+        for h in unverified
+    ]
     return {
         "checks": checks,
+        "hosts": hosts,
         "passed": counts["pass"],
         "failed": counts["fail"],
         "skipped": counts["skip"],

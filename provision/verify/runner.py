@@ -13,6 +13,7 @@ import io
 import json
 import os
 import posixpath
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 import testinfra
 import testinfra.backend
 
-from provision.errors import HostError, InputError
+from provision.errors import HostError, InputError, ProvisionError
 from provision.paths import MANIFEST_PATH
 from provision.verify.checks import Check, ManifestError, checks_for
 
@@ -63,24 +64,63 @@ TARGETS = pytest.StashKey[list[Target]]()
 # --- hosts and manifests -------------------------------------------------------------------
 
 
-def load_targets(urls: Sequence[str], root: str, manifest_file: Path | None) -> list[Target]:
+@dataclass(frozen=True)
+class Unverified:
+    """A host of several that could not be verified at all: unreachable, or no manifest."""
+
+    host: str
+    error: ProvisionError
+
+
+def load_targets(
+    urls: Sequence[str],
+    root: str,
+    manifest_file: Path | None,
+    inventory: Path | None = None,
+) -> tuple[list[Target], list[Unverified]]:
+    """Each host's checks. One host that cannot be verified stops everything (its error is
+    raised); among several, it is returned in the second list and the others go on."""
     root = posixpath.normpath(root) if root else "/"
     local_manifest = _read_local_manifest(manifest_file) if manifest_file else None
-    targets = []
-    for host in connect(urls):
+    hosts = connect(urls, inventory)
+    targets: list[Target] = []
+    unverified: list[Unverified] = []
+    for host in hosts:
         name = _name(host)
-        manifest = local_manifest or _read_host_manifest(host, name, root)
         try:
-            checks = checks_for(manifest, live=root == "/")
-        except (ManifestError, ValueError, TypeError) as exc:  # a field of the wrong type
-            where = manifest_file or f"{name}:{posixpath.join(root, MANIFEST_PATH.lstrip('/'))}"
-            raise InputError(f"{where}: {exc}", hint="run 'provision apply' again") from None
-        targets.append(Target(name, host, root, checks))
-    return targets
+            manifest = local_manifest or _read_host_manifest(host, name, root)
+            targets.append(Target(name, host, root, _checks(manifest, root, manifest_file, name)))
+        except ProvisionError as exc:
+            if len(hosts) == 1:
+                raise
+            unverified.append(Unverified(name, exc))
+    return targets, unverified
 
 
-def connect(urls: Sequence[str]) -> list[Any]:
+def _checks(
+    manifest: dict[str, Any], root: str, manifest_file: Path | None, name: str
+) -> tuple[Check, ...]:
+    try:
+        return checks_for(manifest, live=root == "/")
+    except (ManifestError, ValueError, TypeError) as exc:  # a field of the wrong type
+        where = manifest_file or f"{name}:{posixpath.join(root, MANIFEST_PATH.lstrip('/'))}"
+        raise InputError(f"{where}: {exc}", hint="run 'provision apply' again") from None
+
+
+def connect(urls: Sequence[str], inventory: Path | None = None) -> list[Any]:
     """testinfra hosts for the URLs (an `ansible://` group may stand for several hosts)."""
+    ansible = [u for u in urls if u.startswith("ansible://")]
+    if inventory is not None and not ansible:
+        raise InputError(
+            "--inventory is read for ansible:// hosts only", hint="--hosts ansible://GROUP"
+        )
+    if ansible and shutil.which("ansible-inventory") is None:
+        # testinfra lists an inventory with ansible-core's own command, found on PATH
+        raise HostError(
+            "ansible:// hosts need ansible-core: no ansible-inventory on PATH",
+            hint="pip install ansible-core next to provision, or put its bin/ on PATH",
+        )
+    options = {"ansible_inventory": str(inventory)} if inventory is not None else {}
     hosts: list[Any] = []
     for url in urls:
         scheme, sep, _ = url.partition("://")
@@ -88,9 +128,12 @@ def connect(urls: Sequence[str]) -> list[Any]:
             known = ", ".join(f"{b}://" for b in testinfra.backend.BACKENDS)
             raise InputError(f"--hosts: '{url}' is not BACKEND://HOST", hint=f"backends: {known}")
         try:
-            found = testinfra.get_hosts([url])
+            found = testinfra.get_hosts([url], **options)
         except Exception as exc:  # a backend reports a missing client or library its own way
-            raise HostError(f"cannot connect to {url}: {exc}") from None
+            raise HostError(f"cannot connect to {url}: {_reason(exc)}") from None
+        if not found:
+            where = f" in {inventory}" if inventory is not None else ""
+            raise InputError(f"--hosts: {url} names no host{where}", hint="check the group name")
         hosts += [h for h in found if _name(h) not in {_name(k) for k in hosts}]
     return hosts
 
@@ -144,7 +187,8 @@ def _parse_manifest(text: str, where: str) -> dict[str, Any]:
 def standalone_targets(config: pytest.Config) -> list[Target]:
     """For `pytest --hosts=... provision/verify/suite.py` without `provision verify`."""
     hosts = getattr(config.option, "hosts", None)
-    return load_targets(hosts.split(",") if hosts else ["local://"], "/", None)
+    targets, _ = load_targets(hosts.split(",") if hosts else ["local://"], "/", None)
+    return targets
 
 
 # --- running the suite ---------------------------------------------------------------------
@@ -236,3 +280,11 @@ def _result(
 
 def summary(results: Sequence[Result]) -> dict[str, int]:
     return {s: sum(r.status == s for r in results) for s in ("pass", "fail", "skip")}
+
+
+def per_host(results: Sequence[Result]) -> dict[str, dict[str, int]]:
+    """Each host's counts, in the order the hosts were checked."""
+    hosts: dict[str, list[Result]] = {}
+    for result in results:
+        hosts.setdefault(result.host, []).append(result)
+    return {host: summary(mine) for host, mine in hosts.items()}
