@@ -7,7 +7,7 @@ SAMPLE_RIG := tests/rigs/synthetic-2x3090-x16-x8.yaml
 # A scratch root holding only what Ollama's installer would have written.
 DEMO_ROOT := build/demo-root
 
-.PHONY: install demo test lint bench clean templates
+.PHONY: install demo test lint bench bench-fleet clean templates
 
 install: $(STAMP)
 
@@ -47,13 +47,18 @@ bench: $(STAMP)
 	$(BIN)/python bench/import_breakdown.py
 	$(BIN)/python bench/estimate_accuracy.py
 
+# A fleet play on 1, 2 and 3 real ssh hosts (root, systemd-nspawn; ~10 min): docs/FLEET.md.
+bench-fleet: $(STAMP) system-deps
+	$(BIN)/python bench/fleet_scale.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
 # The system tests (tests/system) boot a real systemd in systemd-nspawn containers. CI is a
 # fresh Debian 12 VM running as root: install the host packages once (no-op when present), with
 # a temporary policy-rc.d so that installing nginx does not start it on the host.
-SYSTEM_DEBS := systemd-container mmdebstrap nginx zstd
+# openssh-client and iproute2: the fleet tests' controller (ssh, ip link, bridges).
+SYSTEM_DEBS := systemd-container mmdebstrap nginx zstd openssh-client iproute2
 
 .PHONY: rootfs system-deps
 

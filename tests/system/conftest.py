@@ -8,6 +8,10 @@
 - ``provision_layer``  (session)  a layer with the project installed offline in /opt/provision
                                   (``provision`` on PATH), baked once from ``wheelhouse``
 - ``provisioned_host`` (function) ``systemd_host`` with that layer: the tool is installed
+- ``make_fleet``       (function) a factory for fleets of ssh hosts in network namespaces
+                                  (tests/system/fleet.py)
+- ``ollama_box_layer`` (session)  what an Ollama install leaves, with stand-ins for ollama and
+                                  nvidia-smi (tests/system/ollama_box.py)
 
 Every test in this directory gets the ``system`` marker. Without root or the host tools the
 tests are skipped, unless GPU_PROVISION_SYSTEM_TESTS=require (then they fail).
@@ -23,7 +27,8 @@ from typing import Any
 import pytest
 import testinfra.host
 
-from tests.system import nspawn
+from tests.system import nspawn, ollama_box
+from tests.system.fleet import make_fleet  # noqa: F401  (a fixture: fleets of ssh hosts)
 from tests.system.testinfra_nsenter import nsenter_host
 
 HERE = Path(__file__).parent
@@ -109,3 +114,9 @@ def provisioned_host(
     boot_container: Callable[..., nspawn.Container], provision_layer: Path
 ) -> nspawn.Container:
     return boot_container(layers=[provision_layer])
+
+
+@pytest.fixture(scope="session")
+def ollama_box_layer(nspawn_base: Path) -> Path:
+    dest = nspawn.session_dir("layer", "ollama-box")
+    return nspawn.bake_layer(nspawn_base, dest, ollama_box.prepare, ollama_box.KEEP)

@@ -52,6 +52,7 @@ PACKAGES: tuple[str, ...] = (
     "nginx",
     "curl",
     "procps",
+    "openssh-server",  # for fleets over real ssh (tests/system/fleet.py)
 )
 MIRRORS: tuple[str, ...] = (
     f"deb http://deb.debian.org/debian {SUITE} main",
@@ -81,7 +82,7 @@ _LAUNCHER = r"""
 for procs in $GP_CGROUP_PROCS; do echo $$ > "$procs" || exit 97; done
 while :; do
     systemd-nspawn -D "$GP_ROOT" -b -M "$GP_NAME" --register=no --keep-unit \
-        --console=passive --private-network "$@"
+        --console=passive "$GP_NETWORK" "$@"
     rc=$?
     echo "gpu-provision: systemd-nspawn exited with status $rc"
     [ "$rc" -eq 133 ] || exit "$rc"
@@ -397,6 +398,7 @@ _counter = itertools.count(1)
 _LIVE: set[Container] = set()
 _SESSION_DIRS: set[Path] = set()
 _SESSION_BASES: dict[str, Path] = {}
+_CLEANUPS: list[Callable[[], object]] = []  # run before the containers are stopped
 _LOCK = threading.Lock()
 _HOOKS_INSTALLED = False
 
@@ -432,6 +434,7 @@ class Container:
         layers: Sequence[Path] = (),
         name: str | None = None,
         extra_args: Sequence[str] = (),
+        network: str | None = None,
     ):
         self.base = base
         self.layers = list(layers)  # read-only layers over the base, top-most first
@@ -440,6 +443,9 @@ class Container:
             raise ValueError(f"container name {self.name!r} must look like gp<owner-pid>-...")
         self.dir = WORK_ROOT / self.name
         self.extra_args = list(extra_args)
+        # None: a network namespace of its own with only lo. A path: join that namespace (a
+        # bind-mounted netns file), which outlives the container's reboots.
+        self.network = network
         self.proc: subprocess.Popen[bytes] | None = None
         self._root_stat: os.stat_result | None = None
         self.boots = 0
@@ -516,6 +522,11 @@ class Container:
             GP_CGROUP_PROCS=" ".join(str(cg / "cgroup.procs") for cg in cgroups),
             GP_ROOT=str(self.root),
             GP_NAME=self.name,
+            GP_NETWORK=(
+                "--private-network"
+                if self.network is None
+                else f"--network-namespace-path={self.network}"
+            ),
         )
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -759,8 +770,27 @@ def bake_layer(
 # Cleanup at exit and on SIGTERM / SIGHUP
 
 
+def register_cleanup(func: Callable[[], object]) -> None:
+    """Also run ``func`` at exit and on SIGTERM/SIGHUP, before the containers are stopped
+    (e.g. a fleet's network namespaces); undo with :func:`unregister_cleanup`."""
+    _install_cleanup_hooks()
+    with _LOCK:
+        _CLEANUPS.append(func)
+
+
+def unregister_cleanup(func: Callable[[], object]) -> None:
+    with _LOCK, contextlib.suppress(ValueError):
+        _CLEANUPS.remove(func)
+
+
 def cleanup_all() -> None:
-    """Stop every container this process started and remove its extracted bases."""
+    """Run the registered cleanups, stop every container this process started and remove its
+    extracted bases."""
+    with _LOCK:
+        cleanups = list(reversed(_CLEANUPS))
+    for func in cleanups:
+        with contextlib.suppress(Exception):
+            func()
     with _LOCK:
         live = list(_LIVE)
     for container in live:

@@ -26,16 +26,10 @@ import pytest
 from click.testing import CliRunner
 
 from provision.cli.main import cli
-from provision.hardware.rig import load_rig
-from tests.system import nspawn
 from tests.system.conftest import PROVISION_VENV
 from tests.system.nspawn import Container
+from tests.system.ollama_box import RIGS, dress
 from tests.system.testinfra_nsenter import nsenter_host
-
-HERE = Path(__file__).parent
-STANDINS = HERE / "standins"
-RIGS = HERE.parent / "rigs"
-STOCK_OLLAMA_UNIT = HERE.parent / "data/stock-root/etc/systemd/system/ollama.service"
 
 RIG_2X3090 = "synthetic-2x3090-x16-x8"
 RIG_4090_3090 = "synthetic-4090-3090"
@@ -100,63 +94,6 @@ models:
 # --- the box ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def ollama_box_layer(nspawn_base: Path, provision_layer: Path) -> Path:
-    """What an Ollama install leaves on a GPU box, with stand-ins for ollama and nvidia-smi."""
-
-    def prepare(container: Container) -> None:
-        container.copy_in(STANDINS / "ollama", "/usr/local/bin/ollama")
-        container.copy_in(STANDINS / "nvidia-smi", "/usr/bin/nvidia-smi")
-        container.copy_in(STOCK_OLLAMA_UNIT, "/etc/systemd/system/ollama.service")
-        container.sh(
-            # as Ollama's install.sh does: a system user with its home as the model store
-            "useradd -r -s /bin/false -U -m -d /usr/share/ollama ollama\n"
-            "install -d -o ollama -g ollama /var/lib/ollama-standin\n"
-            "install -d /etc/ollama-standin /etc/nvidia-smi-standin /var/lib/nvidia-smi-standin\n"
-            "systemctl enable ollama.service\n"
-        )
-
-    keep = [
-        "/usr/local/bin/ollama",
-        "/usr/bin/nvidia-smi",
-        "/etc/systemd/system/ollama.service",
-        "/etc/systemd/system/default.target.wants",
-        "/etc/passwd",
-        "/etc/group",
-        "/etc/shadow",
-        "/etc/gshadow",
-        "/usr/share/ollama",
-        "/var/lib/ollama-standin",
-        "/etc/ollama-standin",
-        "/etc/nvidia-smi-standin",
-        "/var/lib/nvidia-smi-standin",
-    ]
-    dest = nspawn.session_dir("layer", "ollama-box")
-    return nspawn.bake_layer(nspawn_base, dest, prepare, keep, layers=[provision_layer])
-
-
-def standin_gpus(rig_name: str) -> str:
-    """The rig's GPUs as the nvidia-smi stand-in reads them."""
-    rig = load_rig(RIGS / f"{rig_name}.yaml")
-    gpus = [
-        {
-            "index": g.index,
-            "uuid": g.uuid,
-            "name": g.name,
-            "pci_bus_id": g.pci_bus_id,
-            "memory_total_mib": g.memory_total_bytes // 2**20,
-            "driver_version": rig.host.driver_version,
-            "power": {
-                "default_w": g.power.default_w,
-                "min_w": g.power.min_w,
-                "max_w": g.power.max_w,
-            },
-        }
-        for g in rig.gpus
-    ]
-    return json.dumps(gpus, indent=2)
-
-
 @dataclass
 class Box:
     """A booted GPU box (without GPUs) and the `provision` command inside it."""
@@ -219,9 +156,7 @@ def make_box(
     def make(rig_name: str, profile: str) -> Box:
         container = boot_container(layers=[ollama_box_layer, provision_layer])
         container.copy_in(RIGS / f"{rig_name}.yaml", "/root/rig.yaml")
-        container.put("/etc/nvidia-smi-standin/gpus.json", standin_gpus(rig_name))
-        version = load_rig(RIGS / f"{rig_name}.yaml").host.runtimes.get("ollama")
-        container.put("/etc/ollama-standin/version", f"{version or '0.30.0'}\n")
+        dress(container, rig_name)
         return Box(container, profile)
 
     return make
