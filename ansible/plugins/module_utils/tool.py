@@ -1,0 +1,84 @@
+# Copyright: gpu-provision contributors
+# MIT License (see LICENSE in the collection)
+"""Run the gpu-provision command line on the target and read its answers.
+
+The modules only call the installed tool; every decision stays in it. This keeps the one
+contract the tool already has with scripts: exit statuses (0 ok, 1 changes pending or checks
+failed, 2 bad input, 3 host error, 4 apply failed and rolled back), one JSON document on stdout
+with --json, and `warning:`, `error:` and `hint:` lines on stderr.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import os
+
+# The tool's exit statuses (provision/errors.py ExitCode).
+OK = 0
+PENDING = 1
+BAD_INPUT = 2
+HOST_ERROR = 3
+ROLLED_BACK = 4
+
+# Where the collection's host role installs the tool, searched after PATH.
+INSTALL_DIRS = ["/opt/provision/bin", "/usr/local/bin"]
+
+
+def find_tool(module, executable):
+    """The absolute path of the tool, or a failed task that says how to install it."""
+    if "/" in executable:
+        found = executable if os.access(executable, os.X_OK) else None
+    else:
+        found = module.get_bin_path(executable, opt_dirs=INSTALL_DIRS)
+    if not found:
+        module.fail_json(
+            msg="gpu-provision is not installed on this host: no executable %r" % executable,
+            hint="install it with the gpu_provision.fleet.host role (run once without --check), "
+            "or pass executable=PATH",
+        )
+    return found
+
+
+def messages(stderr, prefix):
+    """The text of each `prefix:` line on stderr, in order."""
+    tag = prefix + ":"
+    return [line[len(tag):].strip() for line in stderr.splitlines() if line.startswith(tag)]
+
+
+def error_result(rc, stderr):
+    """What a failed run of the tool says, for fail_json: its error and hint lines."""
+    errors = messages(stderr, "error")
+    hints = messages(stderr, "hint")
+    text = "; ".join(errors) or stderr.strip() or "exit status %d" % rc
+    return {"msg": text, "error": text, "hint": "; ".join(hints) or None, "rc": rc}
+
+
+def run_json(module, argv, ok=(OK,), data=None):
+    """Run the tool with --json; return (rc, document, stderr). A status outside ``ok`` fails
+    the task with the tool's own error text; so does output that is not one JSON document."""
+    rc, out, err = module.run_command(argv, data=data, environ_update={"LANG": "C.UTF-8"})
+    if rc not in ok:
+        result = error_result(rc, err)
+        result.update(cmd=argv, stderr=err)
+        module.fail_json(**result)
+    try:
+        document = json.loads(out)
+    except ValueError:
+        module.fail_json(msg="%s printed no JSON document" % argv[1], cmd=argv, rc=rc,
+                         stdout=out, stderr=err)
+    return rc, document, err
+
+
+def ansible_diffs(files):
+    """The tool's per-file diffs as Ansible's diff return: before/after with headers."""
+    return [
+        {
+            "before_header": f["path"] if f.get("before") is not None else "/dev/null",
+            "after_header": f["path"] if f.get("after") is not None else "/dev/null",
+            "before": f.get("before") or "",
+            "after": f.get("after") or "",
+        }
+        for f in files
+    ]
