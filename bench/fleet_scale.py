@@ -6,6 +6,7 @@ role and applies once; then times, for the first 1, 2 and 3 hosts (`--limit`):
 
 - the steady-state play (in sync: install checks, profile, the module's plan + diff, verify),
 - the same play with `--check --diff`,
+- `provision verify --hosts ansible://gpu_boxes` from the controller,
 
 as wall time (median of N) and the controller's CPU time (ansible-playbook and its forks,
 from getrusage). On one host it times each command the module and the role run there
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.system import nspawn, ollama_box
 from tests.system.fleet import Fleet
-from tests.system.fleet_play import REPO, Play, build_collection, output, recap
+from tests.system.fleet_play import BIN, REPO, Play, build_collection, output, recap
 
 RIG_OF = {
     "gpu-a": "synthetic-2x3090-x16-x8",
@@ -129,6 +130,13 @@ def main() -> int:
                     )
             check = play("--check", "--diff", "--limit", "gpu-a", provision_serial=3)
             assert recap(check)["gpu-a"]["failed"] == 0, output(check)
+            verify = [str(BIN / "provision"), "verify", "--hosts", "ansible://gpu_boxes"]
+            verify += ["--inventory", str(fleet.inventory)]
+            walls, cpus = timed(lambda: fleet.run(verify, env=play.env, check=True), args.runs)
+            print(
+                f"\nprovision verify --hosts ansible://gpu_boxes (3 hosts, from the controller): "
+                f"{statistics.median(walls):.1f} s wall, {statistics.median(cpus):.1f} s CPU"
+            )
             print(f"\non the target (gpu-a), median of {args.runs} (wall s):")
             for label, walls in target_costs(fleet, args.runs).items():
                 print(f"  {label:<24} {statistics.median(walls):.2f} s")

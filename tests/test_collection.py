@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,3 +134,129 @@ def test_role_argument_spec_renders(collection: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     for variable in ("provision_wheel", "provision_profile", "provision_rig", "provision_state"):
         assert variable in result.stdout
+
+
+# --- the modules, run by Ansible on this machine against an offline root ---------------------
+
+STOCK_ROOT = REPO / "tests/data/stock-root"
+DISPLAY_RIG = REPO / "tests/rigs/synthetic-3090-display-3090.yaml"  # the plan warns about it
+DROPIN = "/etc/systemd/system/ollama.service.d/50-provision.conf"
+PROFILE = {
+    "runtime": "ollama",
+    "listen": {"address": "127.0.0.1", "port": 11434},
+    "models": [{"ref": "llama3.1:8b", "ctx": 8192, "parallel": 1}],
+}
+
+
+def _module(collection: Path, module: str, args: dict[str, object], *flags: str) -> dict[str, Any]:
+    """One task of ``module`` on localhost, as Ansible reports it (``localhost | CHANGED =>``
+    and the result as JSON), with the ``[WARNING]:`` lines it printed."""
+    argv = [str(BIN / "ansible"), "localhost", "-m", f"gpu_provision.fleet.{module}"]
+    argv += [
+        "-a",
+        json.dumps(args),
+        "-e",
+        "ansible_python_interpreter={{ ansible_playbook_python }}",
+    ]
+    env = _env(collection) | {"ANSIBLE_LOCALHOST_WARNING": "0"}
+    result = subprocess.run(
+        [*argv, *flags], cwd=collection, env=env, capture_output=True, text=True, timeout=120
+    )
+    _, sep, rest = result.stdout.partition("localhost | ")
+    assert sep and " => " in rest, result.stdout + result.stderr
+    status, text = rest.split(" => ", 1)
+    task: dict[str, Any] = json.JSONDecoder().raw_decode(text)[0]
+    task["status"] = status  # SUCCESS, CHANGED or FAILED!: the callback drops "failed"
+    output = result.stdout + result.stderr
+    task["printed_warnings"] = [w for w in output.splitlines() if w.startswith("[WARNING]: ")]
+    task["printed"] = output  # the callback prints a diff instead of returning it
+    return task
+
+
+@pytest.fixture
+def offline_root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    shutil.copytree(STOCK_ROOT, root)
+    return root
+
+
+def test_provision_module_check_diff_apply_and_again(collection: Path, offline_root: Path) -> None:
+    args = {
+        "profile": PROFILE,
+        "rig": str(DISPLAY_RIG),
+        "root": str(offline_root),
+        "executable": str(BIN / "provision"),
+    }
+    checked = _module(collection, "provision", args, "--check", "--diff")
+    assert checked["changed"] is True and checked["pending"] is True, checked
+    assert any("drives a display" in w for w in checked["printed_warnings"]), checked
+    shown = checked["printed"]
+    assert f"--- before: /dev/null\n+++ after: {DROPIN}\n" in shown, shown
+    assert checked["plan"]["models"]
+    assert not (offline_root / DROPIN.lstrip("/")).exists()  # check mode wrote nothing
+
+    applied = _module(collection, "provision", args)
+    assert applied["changed"] is True and applied["done"] and applied["backup"], applied
+    written = (offline_root / DROPIN.lstrip("/")).read_text()
+    assert "CUDA_VISIBLE_DEVICES=" in written
+    assert all(f"\n+{line}\n" in shown for line in written.splitlines()), shown
+
+    again = _module(collection, "provision", args, "--diff")
+    assert again["changed"] is False and again["pending"] is False, again
+    assert "+++ after" not in again["printed"] and "done" not in again
+
+    planned = _module(
+        collection,
+        "provision",
+        args
+        | {
+            "state": "planned",
+            "profile": PROFILE | {"models": [{"ref": "llama3.1:8b", "ctx": 4096, "parallel": 1}]},
+        },
+    )
+    assert planned["changed"] is False and planned["pending"] is True, planned
+
+
+def test_provision_module_reports_the_tools_error_and_hint(
+    collection: Path, offline_root: Path
+) -> None:
+    bad = PROFILE | {"models": [{"ref": "llama3.1:8b", "ctx": "a lot"}]}
+    args = {"profile": bad, "rig": str(DISPLAY_RIG), "root": str(offline_root)}
+    failed = _module(collection, "provision", args | {"executable": str(BIN / "provision")})
+    assert failed["status"] == "FAILED!" and failed["rc"] == 2, failed
+    assert "ctx" in str(failed["msg"]) and failed["msg"] == failed["error"]
+    assert failed["rolled_back"] is False
+    assert "profile (inline)" in str(failed["msg"]) and "ansible-moduletmp" not in str(failed)
+    missing = _module(collection, "provision", args | {"executable": "/nonexistent/provision"})
+    assert missing["status"] == "FAILED!" and "not installed" in str(missing["msg"])
+    assert missing["rolled_back"] is False and "host role" in str(missing["hint"])
+
+
+def test_check_mode_fails_where_apply_would_refuse(collection: Path, offline_root: Path) -> None:
+    """A file gpu-provision does not manage at a path it writes: the real run would stop
+    (exit 3), so the check says so instead of reporting a change; force: true replaces it."""
+    foreign = offline_root / DROPIN.lstrip("/")
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text("[Service]\nEnvironment=MINE=1\n")
+    args = {"profile": PROFILE, "rig": str(DISPLAY_RIG), "root": str(offline_root)}
+    args["executable"] = str(BIN / "provision")
+    refused = _module(collection, "provision", args, "--check")
+    assert refused["status"] == "FAILED!" and refused["rc"] == 3, refused
+    assert str(refused["msg"]).startswith("apply would refuse: ") and DROPIN in str(refused["msg"])
+    assert refused["hint"] == "force: true replaces it"
+    real = _module(collection, "provision", args)
+    assert real["status"] == "FAILED!" and real["rc"] == 3 and "force: true" in str(real["hint"])
+    forced = _module(collection, "provision", args | {"force": True}, "--check")
+    assert forced["changed"] is True and forced["status"] == "CHANGED", forced
+    assert foreign.read_text() == "[Service]\nEnvironment=MINE=1\n"
+
+
+def test_rig_facts(collection: Path) -> None:
+    args = {"rig": str(DISPLAY_RIG), "executable": str(BIN / "provision")}
+    facts = _module(collection, "rig_facts", args)["ansible_facts"]
+    summary = facts["gpu_rig_summary"]
+    assert summary["gpu_count"] == 2 and summary["vendors"] == ["nvidia"]
+    assert "display_gpu" in summary["traits"]
+    assert summary["vram_total_bytes"] == sum(
+        g["memory_total_bytes"] for g in facts["gpu_rig"]["gpus"]
+    )

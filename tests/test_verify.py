@@ -285,7 +285,7 @@ def test_several_hosts_one_unreachable(applied_root: Path) -> None:
     lines = result.stdout.splitlines()
     assert sum(line.startswith("local: PASS ") for line in lines) == 6
     (gone,) = [line for line in lines if "FAIL host" in line]
-    assert gone.startswith("ssh://gpu-box.invalid: FAIL host ssh://gpu-box.invalid: cannot reach")
+    assert gone.startswith("ssh://gpu-box.invalid: FAIL host: cannot reach ssh://gpu-box.invalid")
     assert lines[-3:] == [
         "local: 6 passed, 0 failed",
         "ssh://gpu-box.invalid: not verified",

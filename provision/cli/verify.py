@@ -22,6 +22,7 @@ from provision.cli.options import json_option
 from provision.errors import ExitCode
 from provision.verify.runner import (
     Result,
+    Target,
     Unverified,
     load_targets,
     per_host,
@@ -78,15 +79,15 @@ def verify(
     counts = summary(results)
     counts["fail"] += len(unverified)
     if as_json:
-        click.echo(json.dumps(_to_plain(results, unverified, counts), indent=2))
+        click.echo(json.dumps(_to_plain(results, targets, unverified, counts), indent=2))
     else:
         several = len(targets) + len(unverified) > 1
         for result in results:
             click.echo(_line(result, several))
         for host in unverified:
-            click.echo(f"{host.host}: FAIL host {host.host}: {_unverified_detail(host)}")
+            click.echo(f"{host.host}: FAIL host: {_unverified_detail(host)}")
         if several:
-            for name, mine in per_host(results).items():
+            for name, mine in per_host(results, [t.name for t in targets]).items():
                 click.echo(f"{name}: {_counts_line(mine)}")
             for host in unverified:
                 click.echo(f"{host.host}: not verified")
@@ -114,7 +115,10 @@ def _line(result: Result, several: bool) -> str:
 
 
 def _to_plain(
-    results: list[Result], unverified: list[Unverified], counts: dict[str, int]
+    results: list[Result],
+    targets: list[Target],
+    unverified: list[Unverified],
+    counts: dict[str, int],
 ) -> dict[str, Any]:
     checks = [
         {
@@ -131,7 +135,7 @@ def _to_plain(
     hosts = [
         {"host": name, "verified": True, "passed": c["pass"], "failed": c["fail"]}
         | {"skipped": c["skip"], "error": None}
-        for name, c in per_host(results).items()
+        for name, c in per_host(results, [t.name for t in targets]).items()
     ]
     hosts += [
         {"host": h.host, "verified": False, "passed": 0, "failed": 1, "skipped": 0}

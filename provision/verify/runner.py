@@ -282,9 +282,9 @@ def summary(results: Sequence[Result]) -> dict[str, int]:
     return {s: sum(r.status == s for r in results) for s in ("pass", "fail", "skip")}
 
 
-def per_host(results: Sequence[Result]) -> dict[str, dict[str, int]]:
-    """Each host's counts, in the order the hosts were checked."""
-    hosts: dict[str, list[Result]] = {}
+def per_host(results: Sequence[Result], names: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Each host's counts, in the order of ``names`` (a host without checks counts zeros)."""
+    hosts: dict[str, list[Result]] = {name: [] for name in names}
     for result in results:
         hosts.setdefault(result.host, []).append(result)
     return {host: summary(mine) for host, mine in hosts.items()}

@@ -8,7 +8,8 @@ Each host gets a recorded rig of a different shape, and the play is the shipped 
 ansible/examples/site.yml, with the collection built by `ansible-galaxy collection build` and
 installed on the controller.
 
-One scenario, in the order an operator meets it: onboard (install, plan only), `--check --diff`,
+One scenario, in the order an operator meets it: `--check` before anything is installed,
+onboard (install, plan only), `--check --diff`,
 apply with a reboot of one host, a second run that changes nothing, verify over ansible://,
 a setting one host's service cannot start with (rolled back there, applied on the others), and
 a serial rollout that max_fail_percentage stops after its first batch.
@@ -68,6 +69,14 @@ def test_fleet_rollout(
 
     def on(name: str, *argv: str) -> subprocess.CompletedProcess[str]:
         return fleet.host(name).run(*argv, check=False)
+
+    # --check on hosts that have never seen the tool: nothing installed, nothing written, and
+    # each host says what a real run would do first.
+    fresh = play("--check", "--diff", provision_serial=3)
+    assert fresh.returncode == 0, output(fresh)
+    assert fresh.stdout.count("a run without --check installs it, then plans") == 3
+    for name in RIG_OF:
+        assert on(name, "test", "-e", "/opt/provision").returncode == 1
 
     # Onboarding: the tool is installed on every host, the plan computed, nothing applied.
     onboard = play(provision_state="planned", provision_serial=3)
@@ -135,14 +144,21 @@ def test_fleet_rollout(
     for name in ("gpu-a", "gpu-b"):
         assert "OLLAMA_KEEP_ALIVE=20m" in on(name, "cat", DROPIN).stdout
 
-    # A serial rollout, one host a batch: gpu-a fails first and the rollout stops there.
+    # A serial rollout, two hosts a batch, no failure allowed: gpu-a fails in the first batch
+    # and the second batch, gpu-c, never starts. gpu-b, beside gpu-a, had applied in the same
+    # task; it is stopped after it (no verify). Half of a batch failing is what
+    # max_fail_percentage stops: a batch that fails whole stops any play.
     fleet.host("gpu-a").put("/etc/ollama-standin/fail-start", "OLLAMA_KEEP_ALIVE=30m\n")
     fleet.host("gpu-c").run("rm", "/etc/ollama-standin/fail-start")
     stopped = play(
-        provision_serial=1, provision_profile=keep_alive("30m"), provision_check_timeout=5
+        provision_serial=2,
+        provision_max_fail_percentage=0,
+        provision_profile=keep_alive("30m"),
+        provision_check_timeout=5,
     )
     assert stopped.returncode != 0
-    assert set(recap(stopped)) == {"gpu-a"}, output(stopped)
+    assert set(recap(stopped)) == {"gpu-a", "gpu-b"}, output(stopped)
     assert recap(stopped)["gpu-a"]["failed"] == 1
-    for name in ("gpu-b", "gpu-c"):  # never reached: still on the settings they had
-        assert "OLLAMA_KEEP_ALIVE=30m" not in on(name, "cat", DROPIN).stdout
+    assert "OLLAMA_KEEP_ALIVE=20m" in on("gpu-a", "cat", DROPIN).stdout  # rolled back
+    assert "OLLAMA_KEEP_ALIVE=30m" in on("gpu-b", "cat", DROPIN).stdout
+    assert "OLLAMA_KEEP_ALIVE=10m" in on("gpu-c", "cat", DROPIN).stdout  # never reached

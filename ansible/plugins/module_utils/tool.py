@@ -26,18 +26,22 @@ ROLLED_BACK = 4
 INSTALL_DIRS = ["/opt/provision/bin", "/usr/local/bin"]
 
 
-def find_tool(module, executable):
+def find_tool(module, executable, failed=None):
     """The absolute path of the tool, or a failed task that says how to install it."""
     if "/" in executable:
         found = executable if os.access(executable, os.X_OK) else None
     else:
         found = module.get_bin_path(executable, opt_dirs=INSTALL_DIRS)
     if not found:
-        module.fail_json(
+        result = dict(failed or {})
+        result.update(
             msg="gpu-provision is not installed on this host: no executable %r" % executable,
+            error="not installed",
             hint="install it with the gpu_provision.fleet.host role (run once without --check), "
             "or pass executable=PATH",
+            rc=None,
         )
+        module.fail_json(**result)
     return found
 
 
@@ -47,21 +51,31 @@ def messages(stderr, prefix):
     return [line[len(tag):].strip() for line in stderr.splitlines() if line.startswith(tag)]
 
 
-def error_result(rc, stderr):
-    """What a failed run of the tool says, for fail_json: its error and hint lines."""
+# The tool's hints name its command-line flags; a play sets the module's options instead.
+FLAG_OPTIONS = [("--allow-partial", "allow_partial: true"), ("--force", "force: true")]
+
+
+def error_result(rc, stderr, replace=()):
+    """What a failed run of the tool says, for fail_json: its error and hint lines, with each
+    (old, new) pair of ``replace`` applied (a temporary file's path, say)."""
     errors = messages(stderr, "error")
     hints = messages(stderr, "hint")
     text = "; ".join(errors) or stderr.strip() or "exit status %d" % rc
-    return {"msg": text, "error": text, "hint": "; ".join(hints) or None, "rc": rc}
+    hint = "; ".join(hints) or None
+    for old, new in list(replace) + FLAG_OPTIONS:
+        text = text.replace(old, new)
+        hint = hint.replace(old, new) if hint else hint
+    return {"msg": text, "error": text, "hint": hint, "rc": rc}
 
 
-def run_json(module, argv, ok=(OK,), data=None):
+def run_json(module, argv, ok=(OK,), failed=None, replace=()):
     """Run the tool with --json; return (rc, document, stderr). A status outside ``ok`` fails
-    the task with the tool's own error text; so does output that is not one JSON document."""
-    rc, out, err = module.run_command(argv, data=data, environ_update={"LANG": "C.UTF-8"})
+    the task with the tool's own error text (and the values in ``failed``); so does output
+    that is not one JSON document."""
+    rc, out, err = module.run_command(argv, environ_update={"LANG": "C.UTF-8"})
     if rc not in ok:
-        result = error_result(rc, err)
-        result.update(cmd=argv, stderr=err)
+        result = dict(failed or {})
+        result.update(error_result(rc, err, replace), cmd=argv, stderr=err)
         module.fail_json(**result)
     try:
         document = json.loads(out)

@@ -16,9 +16,13 @@ description:
     a recorded rig snapshot) and plans for them; every decision is the tool's, with its reasons.
   - O(state=applied) changes the host to the plan (C(provision apply)), but only when
     C(provision diff) shows changes pending, so a second run reports no change.
-  - O(state=planned) computes the plan and the pending changes and touches nothing.
+  - O(state=planned) computes the plan and the pending changes and touches nothing; the task
+    never reports C(changed), so Ansible shows no diff for it (use C(--check --diff) with
+    O(state=applied) to see the diffs).
   - In check mode C(provision diff) runs instead of C(provision apply); the task reports
-    C(changed) when changes are pending and writes nothing.
+    C(changed) when changes are pending and writes nothing. A change apply would refuse (a
+    file gpu-provision does not manage, without O(force)) fails the check as it would fail
+    the run.
   - In diff mode the task returns each file's text before and after, in Ansible's diff shape,
     so C(ansible-playbook --check --diff) shows them.
   - The plan's warnings become Ansible warnings.
@@ -68,6 +72,14 @@ options:
       - Replace files that gpu-provision does not manage (they are backed up first).
     type: bool
     default: false
+  root:
+    description:
+      - Operate on this directory tree instead of C(/), for an image or a chroot being
+        prepared. Files are written under it and unit enablement goes through
+        C(systemctl --root); restarts, power limits and model creation are skipped, as
+        C(provision --root) does.
+    type: path
+    default: /
   check_timeout:
     description:
       - Seconds a restarted service has to be active and answer on its port.
@@ -75,8 +87,8 @@ options:
     default: 60
   executable:
     description:
-      - The gpu-provision command on the target, looked up on E(PATH), then in
-        C(/opt/provision/bin) and C(/usr/local/bin).
+      - The gpu-provision command on the target, as a path or as a name looked up in
+        C(/opt/provision/bin) and C(/usr/local/bin), then on E(PATH).
     type: str
     default: provision
 attributes:
@@ -122,24 +134,24 @@ EXAMPLES = r"""
 RETURN = r"""
 pending:
   description: Whether changes were pending when the task started (C(provision diff) exit 1).
-  returned: always
+  returned: when the tool made the plan
   type: bool
   sample: true
 summary:
   description: The tool's one-line summary of the pending changes.
-  returned: always
+  returned: when the tool made the plan
   type: str
   sample: "9 change(s) pending: 5 write-file, 1 daemon-reload, 1 restart, 1 pull-model"
 actions:
   description: The actions the plan would take (or took), in order, each with its reason.
-  returned: always
+  returned: when the tool made the plan
   type: list
   elements: dict
   sample: [{"kind": "write-file", "target": "/etc/provision/modelfiles/x.Modelfile",
             "reason": "missing"}]
 plan:
   description: The plan as C(provision plan --json) prints it (instances, models, reasons).
-  returned: always
+  returned: when the tool made the plan
   type: dict
 done:
   description: The actions apply carried out.
@@ -161,7 +173,8 @@ error:
   returned: failure
   type: str
 hint:
-  description: The tool's C(hint:) text, when it gave one.
+  description: The tool's C(hint:) text (null when it gave none), its flags named as this
+    module's options.
   returned: failure
   type: str
 rc:
@@ -170,10 +183,12 @@ rc:
   type: int
 """
 
+import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpu_provision.fleet.plugins.module_utils.tool import (
+    HOST_ERROR,
     OK,
     PENDING,
     ROLLED_BACK,
@@ -192,35 +207,49 @@ def _write(module, name, text):
 
 
 def _inputs(module):
-    """The arguments every command of the tool gets: rig, profile, partial placement."""
+    """The arguments every command of the tool gets (rig, profile, partial placement, root),
+    and what to call the temporary files of inline inputs in messages."""
     params = module.params
-    args = []
+    args, names = [], []
     if params["rig_content"] is not None:
-        args += ["--rig", _write(module, "rig.yaml", params["rig_content"])]
+        path = _write(module, "rig.yaml", params["rig_content"])
+        args += ["--rig", path]
+        names.append((path, "rig_content (inline)"))
     elif params["rig"]:
         args += ["--rig", params["rig"]]
     if params["profile"] is not None:
-        # JSON is YAML: the tool reads the document as it would a profile file
-        args += ["--profile", _write(module, "profile.yaml", module.jsonify(params["profile"]))]
+        # JSON is YAML: the tool reads the document as it would a profile file, and an error
+        # names a line of this text
+        text = json.dumps(params["profile"], indent=2, sort_keys=True) + "\n"
+        path = _write(module, "profile.yaml", text)
+        args += ["--profile", path]
+        names.append((path, "profile (inline)"))
     elif params["profile_path"]:
         args += ["--profile", params["profile_path"]]
     if params["allow_partial"]:
         args.append("--allow-partial")
-    return args
+    return args + ["--root", params["root"]], names
 
 
-def _apply(module, tool, inputs, result):
+def _refusals(actions, force):
+    """What apply would refuse to do (as the tool decides it: change/apply.py)."""
+    return [
+        a["refused"] for a in actions if a.get("refused") and not (force and a.get("forceable"))
+    ]
+
+
+def _apply(module, tool, inputs, names, result):
     argv = [tool, "apply", "--yes", "--json", "--check-timeout", str(module.params["check_timeout"])]
     if module.params["force"]:
         argv.append("--force")
     rc, out, err = module.run_command(argv + inputs, environ_update={"LANG": "C.UTF-8"})
     if rc == ROLLED_BACK:
-        failure = error_result(rc, err)
+        failure = error_result(rc, err, names)
         result.update(failure, rolled_back=True, stderr=err)
         result["msg"] = "apply failed and was rolled back: " + failure["msg"]
         module.fail_json(**result)
     if rc != OK:
-        result.update(error_result(rc, err), stderr=err)
+        result.update(error_result(rc, err, names), stderr=err)
         module.fail_json(**result)
     outcome = module.from_json(out)
     result.update(changed=bool(outcome["changed"]), done=outcome["done"])
@@ -237,16 +266,26 @@ def main():
             state=dict(type="str", choices=["applied", "planned"], default="applied"),
             allow_partial=dict(type="bool", default=False),
             force=dict(type="bool", default=False),
+            root=dict(type="path", default="/"),
             check_timeout=dict(type="float", default=60),
             executable=dict(type="str", default="provision"),
         ),
         mutually_exclusive=[("profile", "profile_path"), ("rig", "rig_content")],
         supports_check_mode=True,
     )
-    tool = find_tool(module, module.params["executable"])
-    inputs = _inputs(module)
-    plan = run_json(module, [tool, "plan", "--json"] + inputs)[1]
-    rc, diff, _stderr = run_json(module, [tool, "diff", "--json"] + inputs, ok=(OK, PENDING))
+    not_applied = {"rolled_back": False}
+    tool = find_tool(module, module.params["executable"], failed=not_applied)
+    inputs, names = _inputs(module)
+    plan = run_json(
+        module, [tool, "plan", "--json"] + inputs, failed=not_applied, replace=names
+    )[1]
+    rc, diff, _stderr = run_json(
+        module,
+        [tool, "diff", "--json"] + inputs,
+        ok=(OK, PENDING),
+        failed=not_applied,
+        replace=names,
+    )
     for warning in plan.get("warnings", []):
         module.warn(warning)
     pending = rc == PENDING
@@ -262,9 +301,14 @@ def main():
         result["diff"] = ansible_diffs(diff["files"])
     if module.params["state"] == "applied" and pending:
         if module.check_mode:
+            refused = _refusals(diff["actions"], module.params["force"])
+            if refused:  # the real run would stop there: say so now, not after the check
+                more = " (and %d more)" % (len(refused) - 1) if len(refused) > 1 else ""
+                result.update(rc=HOST_ERROR, error=refused[0], hint="force: true replaces it")
+                module.fail_json(msg="apply would refuse: %s%s" % (refused[0], more), **result)
             result["changed"] = True
         else:
-            _apply(module, tool, inputs, result)
+            _apply(module, tool, inputs, names, result)
     module.exit_json(**result)
 
 

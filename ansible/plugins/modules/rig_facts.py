@@ -28,8 +28,8 @@ options:
     type: path
   executable:
     description:
-      - The gpu-provision command on the target, looked up on E(PATH), then in
-        C(/opt/provision/bin) and C(/usr/local/bin).
+      - The gpu-provision command on the target, as a path or as a name looked up in
+        C(/opt/provision/bin) and C(/usr/local/bin), then on E(PATH).
     type: str
     default: provision
 attributes:
