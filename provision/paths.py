@@ -66,6 +66,24 @@ BACKUPS_DIR = "/var/lib/provision/backups"
 LOCK_PATH = "/run/lock/provision.lock"
 
 
+def unsafe_target(target: str) -> str | None:
+    """Why ``target`` is not a path provision may touch on a host, or None.
+
+    Every path provision reads or writes is absolute and normal: no '.' or '..' component, no
+    doubled or trailing slash, no NUL. Paths read back from recorded state (a manifest, a
+    backup index) are checked against this before use, so that an edited or corrupt record
+    cannot reach outside the root (`/../../etc/x` under --root /srv/img is /etc/x).
+    """
+    if not target.startswith("/"):
+        return "not an absolute path"
+    if "\0" in target:
+        return "contains a NUL byte"
+    parts = target.split("/")[1:]
+    if target != "/" and any(part in ("", ".", "..") for part in parts):
+        return "not a normal path (an empty, '.' or '..' component)"
+    return None
+
+
 def slug(name: str) -> str:
     """A file-name-safe form of a model or unit name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")

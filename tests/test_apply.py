@@ -33,7 +33,7 @@ from provision.command import CompletedCommand, run
 from provision.desired import DesiredState
 from provision.errors import HostError, RolledBack
 from provision.ollama import parse_tags as parse_ollama_tags
-from provision.paths import MANIFEST_PATH
+from provision.paths import MANIFEST_PATH, unsafe_target
 from tests.helpers import REPO_ROOT
 from tests.test_plan import state_a, state_b
 
@@ -360,3 +360,31 @@ def test_the_kill_hook_is_inert_unless_set(tmp_path: Path, monkeypatch: pytest.M
     assert apply_module._kill_step() is None
     monkeypatch.setenv("PROVISION_TEST_KILL_AT_STEP", "not-a-number")
     assert apply_module._kill_step() is None
+
+
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        ("/etc/provision/x.env", None),
+        ("/", None),
+        ("etc/x", "not an absolute path"),
+        ("/../x", "not a normal path"),
+        ("/etc/../../x", "not a normal path"),
+        ("/etc/./x", "not a normal path"),
+        ("/etc//x", "not a normal path"),
+        ("/etc/x/", "not a normal path"),
+        ("/etc/x\0y", "contains a NUL byte"),
+    ],
+)
+def test_only_normal_absolute_paths_are_touched(
+    tmp_path: Path, target: str, why: str | None
+) -> None:
+    assert (unsafe_target(target) or "").startswith(why or "")
+    assert (unsafe_target(target) is None) == (why is None)
+    host = Host.at(tmp_path)
+    if why is None:
+        assert host.path(target) == tmp_path / target.lstrip("/")
+    else:
+        with pytest.raises(HostError, match="refusing the path"):
+            write_atomic(host, target, b"x", 0o644, os.geteuid(), os.getegid())
+        assert list(tmp_path.parent.glob("x*")) == []

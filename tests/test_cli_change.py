@@ -4,8 +4,10 @@ mode): exit codes, output, refusals, backups, rollback, and the real renderer en
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -228,3 +230,49 @@ def test_rendered_profiles_apply_and_then_diff_in_sync(root: Path, profile: str)
     result = provision("diff", *args)
     assert result.returncode == 0, result.stdout
     assert json.loads((root / MANIFEST_PATH.lstrip("/")).read_text())["rig_digest"]
+
+
+HEADER = "# Managed by provision. Do not edit; run 'provision diff'.\n"
+
+
+def _edit_json(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    document = json.loads(path.read_text())
+    edit(document)
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize("escape", ["/../outside.conf", "/etc/../../outside.conf", "etc/x"])
+def test_a_manifest_path_outside_the_root_is_refused(root: Path, a_json: Path, escape: str) -> None:
+    """An edited or corrupt manifest listing a path that climbs out of the root: a stale file
+    there would be removed. diff and apply refuse it (exit 3) and the file outside stays."""
+    assert _apply(root, a_json).returncode == 0
+    outside = root.parent / "outside.conf"
+    outside.write_text(HEADER + "mine\n")
+    record = {"path": escape, "sha256": "0" * 64, "mode": "0644", "owner": "root"}
+    record["group"] = "root"
+    manifest = root / "var/lib/provision/manifest.json"
+    _edit_json(manifest, lambda m: m["files"].append(record))
+    for run in (_diff, _apply):
+        result = run(root, a_json)
+        assert result.returncode == 3, result.stdout + result.stderr
+        assert "manifest.json: files[" in result.stderr and f"].path {escape!r}: " in result.stderr
+        assert escape not in result.stdout
+    assert outside.read_text() == HEADER + "mine\n"
+
+
+def test_a_backup_index_path_outside_the_root_is_refused(root: Path, a_json: Path) -> None:
+    """Rollback would write the saved bytes and mode back there: refused, untouched."""
+    assert _apply(root, a_json).returncode == 0
+    outside = root.parent / "outside.conf"
+    outside.write_text("mine\n")
+    outside.chmod(0o600)
+    (index,) = (root / "var/lib/provision/backups").glob("*/index.json")
+
+    def climb(backup: dict[str, Any]) -> None:
+        backup["files"][0]["path"] = "/../outside.conf"
+
+    _edit_json(index, climb)
+    result = provision("rollback", "--yes", "--root", str(root))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "index.json: files[0].path '/../outside.conf': not a normal path" in result.stderr
+    assert outside.read_text() == "mine\n" and outside.stat().st_mode & 0o777 == 0o600

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from provision.change.actions import Action, ActionKind, Plan
 from provision.change.host import Host, list_dir, make_dir, write_atomic
 from provision.change.manifest import encode, sha256
-from provision.change.observe import read_file, unit_states
+from provision.change.observe import read_file, recorded_paths, unit_states
 from provision.change.plan import file_diff
 from provision.desired import DesiredFile
 from provision.errors import HostError, InputError
@@ -130,13 +130,19 @@ def load_backup(host: Host, stamp: str | None) -> Backup:
             f"no complete backup {stamp} under {host.path(BACKUPS_DIR)}",
             hint="backups: " + ", ".join(stamps[-10:]),
         )
-    data = json.loads(read_file(host, f"{BACKUPS_DIR}/{stamp}/index.json").data)
-    files = tuple(
-        BackupFile(**{**f, "mode": None if f["mode"] is None else int(f["mode"], 8)})
-        for f in data["files"]
-    )
-    lists = {k: tuple(data[k]) for k in ("restarted", "enabled", "disabled")}
-    was_active = None if data["was_active"] is None else tuple(data["was_active"])
+    where = host.path(f"{BACKUPS_DIR}/{stamp}/index.json")
+    hint = "this backup cannot be restored: pick another with 'provision rollback --to'"
+    try:
+        data = json.loads(read_file(host, f"{BACKUPS_DIR}/{stamp}/index.json").data)
+        recorded_paths(data["files"], f"{where}: files", hint)
+        files = tuple(
+            BackupFile(**{**f, "mode": None if f["mode"] is None else int(f["mode"], 8)})
+            for f in data["files"]
+        )
+        lists = {k: tuple(data[k]) for k in ("restarted", "enabled", "disabled")}
+        was_active = None if data["was_active"] is None else tuple(data["was_active"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # truncated, wrong types
+        raise HostError(f"{where}: not a backup index: {exc!r}"[:400], hint=hint) from None
     return Backup(stamp, files, **lists, was_active=was_active)
 
 

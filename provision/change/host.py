@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 
 from provision.errors import HostError
-from provision.paths import SYSTEMD_RUNNING
+from provision.paths import SYSTEMD_RUNNING, unsafe_target
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -36,6 +36,7 @@ class Host:
         return cls(resolved, resolved == Path("/") and Path(SYSTEMD_RUNNING).is_dir())
 
     def path(self, target: str) -> Path:
+        confine(target)
         return self.root / target.lstrip("/")
 
     def systemctl(self, *args: str) -> list[str]:
@@ -82,8 +83,22 @@ def _parse_id_file(path: Path) -> dict[str, int]:
     return ids
 
 
+def confine(target: str) -> str:
+    """``target`` when provision may touch it (paths.unsafe_target), else a host error: the
+    one check every path read or written here passes, recorded ones included."""
+    why = unsafe_target(target)
+    if why is not None:
+        raise HostError(
+            f"refusing the path {target!r}: {why}; provision only touches paths under its root",
+            hint="a manifest or backup index naming it was edited or is corrupt: move "
+            "/var/lib/provision aside (files are then recognised by their header)",
+        )
+    return target
+
+
 def _open_dir(host: Host, target_dir: str, create: bool) -> int:
     """An fd of target_dir under the root, reached without following any symlink."""
+    confine(target_dir)
     fd = os.open(host.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     walked = ""
     try:
@@ -113,7 +128,7 @@ def _open_dir(host: Host, target_dir: str, create: bool) -> int:
 
 def write_atomic(host: Host, target: str, data: bytes, mode: int, uid: int, gid: int) -> None:
     """Old bytes or new bytes, never a mix: temp file in the same directory, fsync, rename."""
-    directory, name = os.path.split(target)
+    directory, name = os.path.split(confine(target))
     temp = f".{name}.provision-tmp"  # fixed name: a copy left by a crash is simply reused
     try:
         dir_fd = _open_dir(host, directory, create=True)
@@ -155,7 +170,7 @@ def _refuse_symlink(host: Host, target: str, dir_fd: int, name: str) -> None:
 
 
 def remove_file(host: Host, target: str) -> None:
-    directory, name = os.path.split(target)
+    directory, name = os.path.split(confine(target))
     try:
         dir_fd = _open_dir(host, directory, create=False)
     except FileNotFoundError:
@@ -184,7 +199,7 @@ def list_dir(host: Host, target_dir: str) -> Iterable[str]:
 
 def make_dir(host: Host, target_dir: str, mode: int = 0o700) -> bool:
     """Create target_dir (its parents as needed); False when it exists already."""
-    parent, name = os.path.split(target_dir)
+    parent, name = os.path.split(confine(target_dir))
     dir_fd = _open_dir(host, parent, create=True)
     try:
         os.mkdir(name, mode, dir_fd=dir_fd)
@@ -196,7 +211,7 @@ def make_dir(host: Host, target_dir: str, mode: int = 0o700) -> bool:
 
 
 def open_lock_file(host: Host, target: str) -> int:
-    directory, name = os.path.split(target)
+    directory, name = os.path.split(confine(target))
     dir_fd = _open_dir(host, directory, create=True)
     try:
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -22,7 +22,14 @@ from provision.change.host import Host
 from provision.command import run
 from provision.desired import DesiredState, DesiredUnit
 from provision.errors import HostError
-from provision.paths import MANIFEST_PATH, NVIDIA_SMI_POWER_QUERY, UNIT_DIRS, reachable, template_of
+from provision.paths import (
+    MANIFEST_PATH,
+    NVIDIA_SMI_POWER_QUERY,
+    UNIT_DIRS,
+    reachable,
+    template_of,
+    unsafe_target,
+)
 from provision.units import MICROWATTS
 
 OLLAMA_TIMEOUT_S = 0.5  # a local API that does not answer this fast is treated as down
@@ -111,7 +118,22 @@ def read_manifest(host: Host) -> dict[str, Any] | None:
         raise HostError(f"{host.path(MANIFEST_PATH)}: not valid JSON: {exc}", hint=hint) from None
     if not isinstance(document, dict) or document.get("schema") != 1:
         raise HostError(f"{host.path(MANIFEST_PATH)}: not a schema 1 manifest", hint=hint)
+    recorded_paths(document.get("files"), f"{host.path(MANIFEST_PATH)}: files", hint)
     return document
+
+
+def recorded_paths(entries: object, where: str, hint: str) -> None:
+    """Refuse a record whose files are not a list of objects with a safe path: the paths are
+    removed, restored and chmod-ed later, and must stay under the root."""
+    if entries is None:
+        return
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise HostError(f"{where}: not a list of objects", hint=hint)
+    for n, entry in enumerate(entries):
+        path = entry.get("path")
+        why = unsafe_target(path) if isinstance(path, str) else "not a string"
+        if why is not None:
+            raise HostError(f"{where}[{n}].path {path!r}: {why}", hint=hint)
 
 
 def unit_states(host: Host, names: list[str]) -> dict[str, ObservedUnit]:
