@@ -32,6 +32,7 @@ author:
   - gpu-provision contributors (@gpu-provision)
 extends_documentation_fragment:
   - action_common_attributes
+  - gpu_provision.fleet.tool
 options:
   profile:
     description:
@@ -85,22 +86,11 @@ options:
       - Seconds a restarted service has to be active and answer on its port.
     type: float
     default: 60
-  executable:
-    description:
-      - The gpu-provision command on the target, as a path or as a name looked up in
-        C(/opt/provision/bin) and C(/usr/local/bin), then on E(PATH).
-    type: str
-    default: provision
 attributes:
-  platform:
-    platforms: posix
   check_mode:
     support: full
   diff_mode:
     support: full
-notes:
-  - The tool must be installed on the target first; the P(gpu_provision.fleet.host#role) role does
-    that.
 seealso:
   - module: gpu_provision.fleet.rig_facts
 """

@@ -20,21 +20,14 @@ author:
   - gpu-provision contributors (@gpu-provision)
 extends_documentation_fragment:
   - action_common_attributes
+  - gpu_provision.fleet.tool
   - action_common_attributes.facts
 options:
   rig:
     description:
       - A recorded rig snapshot on the target, read instead of probing the GPUs.
     type: path
-  executable:
-    description:
-      - The gpu-provision command on the target, as a path or as a name looked up in
-        C(/opt/provision/bin) and C(/usr/local/bin), then on E(PATH).
-    type: str
-    default: provision
 attributes:
-  platform:
-    platforms: posix
   check_mode:
     support: full
   diff_mode:
