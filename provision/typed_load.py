@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -68,6 +69,7 @@ def _describe(value: object) -> str:
 
 
 def _convert(tp: Any, value: object, path: str) -> Any:
+    _in_range(value, path)
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = get_args(tp)
@@ -110,6 +112,16 @@ def _convert(tp: Any, value: object, path: str) -> Any:
         except ValueError:
             raise FieldError(path, f"expected {_type_name(tp)}, got {_describe(value)}") from None
     return _convert_scalar(tp, value, path)
+
+
+def _in_range(value: object, path: str) -> None:
+    """No field means NaN, infinity or a number past 64 bits: each would travel into
+    arithmetic (watts, bytes, ports) and come out as nonsense or an overflow."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FieldError(path, f"expected a finite number, got {value}")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+        digits = len(str(abs(value)))
+        raise FieldError(path, f"expected a number below 2**63, got a {digits}-digit number")
 
 
 def _is_dataclass_type(tp: Any) -> bool:

@@ -276,3 +276,12 @@ def test_a_backup_index_path_outside_the_root_is_refused(root: Path, a_json: Pat
     assert result.returncode == 3, result.stdout + result.stderr
     assert "index.json: files[0].path '/../outside.conf': not a normal path" in result.stderr
     assert outside.read_text() == "mine\n" and outside.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "1e9", "soon"])
+@pytest.mark.parametrize("option", ["--lock-timeout", "--check-timeout"])
+def test_durations_are_finite_seconds(root: Path, a_json: Path, option: str, value: str) -> None:
+    """click's FloatRange lets nan through, and a lock wait of nan never ends."""
+    result = _apply(root, a_json, option, value)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"Invalid value for '{option}'" in result.stderr and not (root / "var").exists()

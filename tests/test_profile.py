@@ -66,6 +66,12 @@ def test_circular_extends_is_refused(tmp_path: Path) -> None:
         ("models:\n- ref: x\n  ctx: 0\n", 3, "models[0].ctx", "must be positive"),
         ("models:\n- ref: x\n  path: relative/model.gguf\n", 3, "models[0].path", "absolute"),
         ("replicas: many\nmodels: [{ref: x}]\n", 1, "replicas", "'auto'"),
+        ("models: [{ref: x}]\npower:\n  per_gpu_w: .nan\n", 3, "power.per_gpu_w",
+         "expected a finite number, got nan"),
+        ("models: [{ref: x}]\npower:\n  per_gpu_w: .inf\n", 3, "power.per_gpu_w",
+         "expected a finite number, got inf"),
+        ("models:\n- ref: x\n  ctx: 123456789012345678901234\n", 3, "models[0].ctx",
+         "below 2**63, got a 24-digit number"),
     ],
 )  # fmt: skip
 def test_bad_values_name_file_line_and_field(

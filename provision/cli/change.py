@@ -22,7 +22,13 @@ from provision.change.actions import Action, Plan, describe
 from provision.change.host import Host
 from provision.change.observe import observe
 from provision.change.plan import make_plan
-from provision.cli.options import desired_options, json_option, load_desired, rig_options
+from provision.cli.options import (
+    SECONDS,
+    desired_options,
+    json_option,
+    load_desired,
+    rig_options,
+)
 from provision.errors import ExitCode, HostError, InputError
 
 if TYPE_CHECKING:
@@ -182,7 +188,7 @@ def change_options(func: F) -> F:
     func = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")(func)
     return click.option(
         "--lock-timeout",
-        type=click.FloatRange(min=0),
+        type=SECONDS,
         default=30.0,
         show_default=True,
         help="Seconds to wait for another run to release /run/lock/provision.lock.",
@@ -213,7 +219,7 @@ def _outcome_to_plain(outcome: Outcome | None, host: Host, plan: Plan) -> dict[s
 @click.option("--force", is_flag=True, help="Replace files provision does not own (backed up).")
 @click.option(
     "--check-timeout",
-    type=click.FloatRange(min=0),
+    type=SECONDS,
     default=60.0,
     show_default=True,
     help="Seconds for a restarted service to be active and answer on its port (live only).",

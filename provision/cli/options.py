@@ -24,6 +24,28 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# ParamType is generic only in recent click, at type-check time: subscripted there only.
+class Seconds(click.ParamType):  # type: ignore[type-arg]
+    """A duration in seconds: finite, 0 to a day. click's FloatRange lets `nan` through,
+    and a lock wait of nan never ends."""
+
+    name = "seconds"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not 0 <= seconds <= 86400:  # False for nan
+            self.fail(f"{value!r} is not between 0 and 86400 seconds", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
+
+
 def rig_options(func: F) -> F:
     """`--rig`, `--sysfs` and `--root`."""
     func = click.option(
