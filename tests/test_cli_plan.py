@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import rig_file, run_provision
 
 RIG_2X3090 = str(rig_file("synthetic-2x3090-x16-x8"))
@@ -55,3 +57,22 @@ def test_plan_warns_about_narrow_links() -> None:
     rig = str(rig_file("synthetic-4x3090-x4-riser"))
     result = run_provision("plan", "--rig", rig)
     assert "  warning: narrow PCIe link: GPU 3 (RTX 3090) at most PCIe 3.0 x4" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "what"),
+    [
+        ("runtime: ollama\nreplicas: 2\n", "replica 0 (GPU 0) would listen on port 65536"),
+        ("runtime: llama-server\n", "models[1] (qwen2.5:32b) would listen on port 65536"),
+    ],
+)
+def test_derived_ports_stay_tcp_ports(tmp_path: Path, extra: str, what: str) -> None:
+    profile = tmp_path / "p.yaml"
+    models = "models:\n  - {ref: llama3.1:8b, ctx: 8192, path: /srv/a.gguf}\n"
+    models += "  - {ref: qwen2.5:32b, ctx: 8192, path: /srv/b.gguf}\n"
+    profile.write_text(extra + "listen: {address: 127.0.0.1, port: 65535}\n" + models)
+    result = run_provision(
+        "plan", "--rig", str(rig_file("synthetic-2x3090-x16-x8")), "--profile", str(profile)
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"error: listen.port: {what}, past 65535" in result.stderr

@@ -232,7 +232,7 @@ def _ollama_replicas(
     common = _common_ollama_env(profile, placements)
     created = []
     for n, gpu in enumerate(gpus):
-        port = listen.port + 1 + n
+        port = _derived_port(listen.port, 1 + n, f"replica {n} (GPU {gpu.index})")
         env = [
             *visibility_env([gpu], rig, version, ollama=True),
             ("OLLAMA_HOST", f"127.0.0.1:{port}"),
@@ -274,6 +274,18 @@ def _llama_servers(rig: Rig, profile: Profile, placements: Sequence[ModelPlaceme
     return Layout(tuple(created), tuple(models))
 
 
+def _derived_port(base: int, offset: int, what: str) -> int:
+    """listen.port + offset, which must still be a TCP port."""
+    port = base + offset
+    if port > 65535:
+        raise InputError(
+            f"listen.port: {what} would listen on port {port}, past 65535 "
+            f"(the instances listen on the ports after listen.port {base})",
+            hint="lower listen.port so that it plus the number of instances is at most 65535",
+        )
+    return port
+
+
 def _model_path(p: ModelPlacement, position: int) -> str:
     if p.entry.path:
         return p.entry.path
@@ -287,7 +299,7 @@ def _model_path(p: ModelPlacement, position: int) -> str:
 
 def _llama_server(rig: Rig, profile: Profile, p: ModelPlacement, position: int) -> Instance:
     shares = p.fit.shares
-    port = profile.listen.port + position
+    port = _derived_port(profile.listen.port, position, f"models[{position}] ({p.entry.ref})")
     s = p.settings
     args = ["-m", _model_path(p, position), "--alias", p.name, "--host", profile.listen.address,
             "--port", str(port), "-c", str(s.ctx_tokens), "-np", str(s.parallel), "--kv-unified",
