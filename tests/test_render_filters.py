@@ -149,6 +149,23 @@ def test_systemd_parses_back_description_text() -> None:
     assert settings["Description"] == ["llama-server 100% %n"]
 
 
+@pytest.mark.parametrize("text", ["model\\", "model \\ ", "a\\\\"])
+def test_systemd_text_refuses_a_trailing_backslash(text: str) -> None:
+    with pytest.raises(ValueError, match="ends in a backslash"):
+        systemd_text(text)
+
+
+def test_a_trailing_backslash_would_swallow_the_next_line() -> None:
+    """Why: systemd's own parser joins the next directive into Description=, while a
+    backslash inside the text is kept as it is."""
+    unit = "[Unit]\nDescription=model\\\nDefaultDependencies=no\n[Service]\nExecStart=/bin/true\n"
+    settings = parsed_unit({"swallow.service": unit}, "swallow.service")
+    assert settings["Description"] == ["model DefaultDependencies=no"]
+    text = systemd_text("a\\b")
+    inside = f"[Unit]\nDescription={text}\n[Service]\nExecStart=/bin/true\n"
+    assert parsed_unit({"inside.service": inside}, "inside.service")["Description"] == ["a\\b"]
+
+
 # --- EnvironmentFile= ------------------------------------------------------------------------
 
 

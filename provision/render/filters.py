@@ -88,8 +88,15 @@ def unit_name(name: object) -> str:
 
 
 def systemd_text(value: object) -> str:
-    """Free text in a unit setting such as `Description=`: one line, `%` doubled."""
-    return _one_line(value, "unit text").replace("%", "%%")
+    """Free text in a unit setting such as `Description=`: one line, `%` doubled, and no
+    backslash at its end, where systemd would continue the line into the next setting."""
+    text = _one_line(value, "unit text")
+    if text.rstrip().endswith("\\"):
+        raise ValueError(
+            f"unit text {text!r} ends in a backslash, which would join the next line of the "
+            "unit to it"
+        )
+    return text.replace("%", "%%")
 
 
 def env_file_value(value: object) -> str:
