@@ -140,3 +140,21 @@ def test_allow_partial_serves_the_others_and_diff_prints_the_warnings(tmp_path: 
     as_json = run_provision("diff", *common, "--root", str(tmp_path), "--json")
     document = json.loads(as_json.stdout)
     assert any(w.startswith("mixtral:8x22b@q8_0 left out") for w in document["warnings"])
+
+
+def test_errors_never_send_control_characters_and_stay_short(tmp_path: Path) -> None:
+    """A value from input is quoted in the error: a terminal escape sequence in it is shown
+    escaped, and a huge one is cut, so that the error stays one readable line."""
+    sneaky = tmp_path / "rig\x1b[2J\x1b]0;pwned\x07.yaml"
+    result = run_provision("probe", "--rig", str(sneaky))
+    assert result.returncode == 2
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert "rig\\x1b[2J\\x1b]0;pwned\\x07.yaml" in result.stderr
+    profile = tmp_path / "p.yaml"
+    profile.write_text("models:\n  - ref: x\n    ctx: " + "y" * 50_000 + "\n")
+    long = run_provision(
+        "plan", "--rig", str(rig_file("synthetic-2x3090-x16-x8")), "--profile", str(profile)
+    )
+    assert long.returncode == 2
+    (line,) = [line for line in long.stderr.splitlines() if line.startswith("error: ")]
+    assert len(line) < 2100 and line.endswith("more characters)")

@@ -9,6 +9,7 @@ pattern; the other deferred imports say what they save on their line.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from typing import Any
 
@@ -28,6 +29,20 @@ COMMANDS = {
     "rollback": ("provision.cli.change", "rollback"),
     "verify": ("provision.cli.verify", "verify"),
 }
+
+
+# An error quotes what it was given (a path, a field's value): as much as a person reads.
+MESSAGE_LIMIT = 2000
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _say(label: str, text: str) -> None:
+    """One `error:` or `hint:` line on stderr: control characters from input (terminal escape
+    sequences, carriage returns) shown escaped, never sent to the terminal; capped in length."""
+    shown = _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+    if len(shown) > MESSAGE_LIMIT:
+        shown = f"{shown[:MESSAGE_LIMIT]}... ({len(shown) - MESSAGE_LIMIT} more characters)"
+    click.echo(f"{label}: {shown}", err=True)
 
 
 class _Group(click.Group):
@@ -51,9 +66,9 @@ class _Group(click.Group):
         except ProvisionError as exc:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"error: {exc.message}", err=True)
+            _say("error", exc.message)
             if exc.hint:
-                click.echo(f"hint: {exc.hint}", err=True)
+                _say("hint", exc.hint)
             ctx.exit(int(exc.exit_code))
 
 
@@ -73,12 +88,12 @@ def main() -> None:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
+        _say("error", exc.format_message())
         where = exc.ctx.command_path if exc.ctx else "provision"
         click.echo(f"hint: '{where} --help' lists the options", err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
+        _say("error", exc.format_message())
         sys.exit(exc.exit_code)
     except click.Abort as exc:
         if isinstance(exc.__context__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
