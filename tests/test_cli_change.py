@@ -4,6 +4,8 @@ mode): exit codes, output, refusals, backups, rollback, and the real renderer en
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -285,3 +287,22 @@ def test_durations_are_finite_seconds(root: Path, a_json: Path, option: str, val
     result = _apply(root, a_json, option, value)
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"Invalid value for '{option}'" in result.stderr and not (root / "var").exists()
+
+
+def test_a_read_only_state_directory_is_a_host_error(root: Path, a_json: Path) -> None:
+    """A read-only tree where provision keeps its state (a real read-only mount): exit 3
+    naming the directory, not a traceback; nothing is written."""
+    if os.geteuid() != 0:
+        pytest.fail("needs root to mount a read-only tmpfs (CI runs as root)")
+    state = root / "var/lib"
+    state.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(state)], check=True)
+    try:
+        result = _apply(root, a_json)
+    finally:
+        subprocess.run(["umount", str(state)], check=True)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert f"error: {state}/provision: cannot open or create: Read-only file system" in (
+        result.stderr
+    )
+    assert not (root / "etc/nginx/conf.d/provision-ollama.conf").exists()

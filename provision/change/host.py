@@ -122,7 +122,10 @@ def _open_dir(host: Host, target_dir: str, create: bool) -> int:
                 "writes through one",
                 hint="replace it with a real directory, or point --root elsewhere",
             ) from None
-        raise
+        if isinstance(exc, FileNotFoundError) and not create:
+            raise  # the callers' "nothing there"
+        # a read-only tree, a full disk, no permission: a host error that names the directory
+        raise HostError(f"{host.path(walked)}: cannot open or create: {exc.strerror}") from None
     return fd
 
 
@@ -206,6 +209,8 @@ def make_dir(host: Host, target_dir: str, mode: int = 0o700) -> bool:
         return True
     except FileExistsError:
         return False
+    except OSError as exc:
+        raise HostError(f"{host.path(target_dir)}: cannot create: {exc.strerror}") from None
     finally:
         os.close(dir_fd)
 
