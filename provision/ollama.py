@@ -32,7 +32,8 @@ def model_name(ref: str, ctx_tokens: int, name: str | None = None) -> str:
     if ref.endswith(".gguf"):
         stem = re.sub(r"[^a-z0-9._-]+", "-", ref.rsplit("/", 1)[-1].removesuffix(".gguf").lower())
         return f"{stem}:ctx{ctx_tokens}"
-    model, _, tag = ref.partition(":")
+    # A catalog ref's `@quant` is ours, not Ollama's: '@' starts a digest in an Ollama name.
+    model, _, tag = ref.replace("@", "-").partition(":")
     return f"{model}:{tag or 'latest'}-ctx{ctx_tokens}"
 
 

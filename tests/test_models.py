@@ -180,3 +180,23 @@ def test_catalog_sliding_window_models() -> None:
     assert [il for il, swa in enumerate(gemma.swa_layers) if not swa][:2] == [5, 11]
     gpt = catalog.lookup("gpt-oss:20b")
     assert gpt is not None and gpt.swa_layers[:4] == (True, False, True, False)
+
+
+@pytest.mark.parametrize(
+    ("ref", "registry", "created"),
+    [
+        ("llama3.1:8b@q8_0", "llama3.1:8b-instruct-q8_0", "llama3.1:8b-q8_0-ctx8192"),
+        ("llama3.1:8b@Q4_K_M", "llama3.1:8b-instruct-q4_K_M", "llama3.1:8b-Q4_K_M-ctx8192"),
+        ("llama3.1:8b", "llama3.1:8b", "llama3.1:8b-ctx8192"),
+        ("llama3.1:8b-instruct-q8_0", "llama3.1:8b-instruct-q8_0",
+         "llama3.1:8b-instruct-q8_0-ctx8192"),
+        ("/srv/m.gguf", "/srv/m.gguf", "m:ctx8192"),
+    ],
+)  # fmt: skip
+def test_quant_refs_become_names_ollama_accepts(ref: str, registry: str, created: str) -> None:
+    """'@' starts a digest in an Ollama name: neither FROM nor the created name may have one."""
+    from provision import ollama
+    from provision.models import catalog
+
+    assert catalog.ollama_ref(ref) == registry
+    assert ollama.model_name(ref, 8192) == created and "@" not in created

@@ -102,6 +102,22 @@ def canonical(ref: str) -> str | None:
     return f"{name}@{(quant or entry['default_quant']).upper()}"
 
 
+def ollama_ref(ref: str) -> str:
+    """The name Ollama's registry knows for a reference: `llama3.1:8b@q8_0` is ours and
+    becomes the catalog's tag for that quant (`llama3.1:8b-instruct-q8_0`); '@' would start a
+    digest in an Ollama name. Any other reference is returned as it is."""
+    if "@" not in ref:
+        return ref
+    name, quant = _split_ref(ref)
+    if not name or quant is None:
+        return ref
+    quants = {q.lower(): v for q, v in _catalog()[name]["quants"].items()}
+    variant = quants.get(quant.lower())
+    if variant is None or not variant.get("tag"):
+        return ref
+    return f"{name.partition(':')[0]}:{variant['tag']}"
+
+
 def base_name(ref: str) -> str | None:
     """The catalog entry a model name belongs to, whatever quant it names."""
     name, _ = _split_ref(ref)

@@ -21,6 +21,7 @@ from provision.desired import (
     DesiredUnit,
 )
 from provision.errors import InputError
+from provision.models import catalog
 from provision.models.estimate import Runtime
 from provision.paths import (
     AMDGPU_POWER_SCRIPT,
@@ -168,8 +169,9 @@ def _nginx_file(balancer: Balancer) -> DesiredFile:
 
 
 def _modelfile_base(model: ModelPlacement) -> str:
-    """What FROM names: the GGUF file when the profile gives one, else the model reference."""
-    return model.entry.path or model.entry.ref
+    """What FROM names: the GGUF file when the profile gives one, else the model as Ollama's
+    registry names it."""
+    return model.entry.path or catalog.ollama_ref(model.entry.ref)
 
 
 def _modelfile(model: ModelPlacement) -> DesiredFile:
