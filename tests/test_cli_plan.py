@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers import rig_file, run_provision
 
@@ -76,3 +77,17 @@ def test_derived_ports_stay_tcp_ports(tmp_path: Path, extra: str, what: str) -> 
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"error: listen.port: {what}, past 65535" in result.stderr
+
+
+def test_a_rig_without_gpus_is_refused(tmp_path: Path) -> None:
+    """Nothing to plan for: every model would run on the CPU. Said once, with the fix, rather
+    than as "needs 0.0 GiB, 0.0 GiB usable" for each model."""
+    rig = yaml.safe_load(rig_file("synthetic-1x4090").read_text())
+    rig["gpus"] = []
+    empty = tmp_path / "no-gpu.yaml"
+    empty.write_text(yaml.safe_dump(rig))
+    for command in ("plan", "diff"):
+        result = run_provision(command, "--rig", str(empty), "--root", str(tmp_path))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stderr.startswith("error: no GPU on this rig: ")
+        assert "0.0 GiB" not in result.stderr and "check the driver" in result.stderr

@@ -14,7 +14,7 @@ from dataclasses import replace
 from provision import ollama, paths
 from provision.errors import InputError
 from provision.hardware.classify import RigTraits, TraitKind, classify, gpu_label, gpu_labels
-from provision.hardware.rig import Rig, Vendor
+from provision.hardware.rig import Gpu, Rig, Vendor
 from provision.models.estimate import KvType, RunSettings, Runtime
 from provision.models.spec import ModelSpec
 from provision.placement import instances, power
@@ -176,7 +176,32 @@ def _runnable(rig: Rig, profile: Profile, traits: RigTraits, warnings: list[str]
             unusable |= set(below.gpus)
             left_out = gpu_labels(g for g in rig.gpus if g.index in below.gpus)
             warnings.append(f"{left_out} left out of Ollama's GPUs: below its support floor")
-    return replace(rig, gpus=tuple(g for g in rig.gpus if g.index not in unusable))
+    runnable = tuple(g for g in rig.gpus if g.index not in unusable)
+    if not rig.gpus:
+        # Every setting would be for GPUs that are not there, and the models would run on the
+        # CPU: say so instead of planning for it.
+        raise InputError(
+            "no GPU on this rig: gpu-provision plans GPU inference, and every model would run "
+            "on the CPU",
+            hint="check the driver (nvidia-smi, or lsmod | grep amdgpu) and probe again, or "
+            "plan for a recorded rig with --rig FILE",
+        )
+    if not runnable:
+        why = "; ".join(f"{gpu_label(g)}: {_unusable_reason(g)}" for g in rig.gpus)
+        raise InputError(
+            f"no GPU here can run models ({why}): every model would run on the CPU",
+            hint="'provision probe' shows each card's traits; a supported card or driver is "
+            "needed",
+        )
+    return replace(rig, gpus=runnable)
+
+
+def _unusable_reason(gpu: Gpu) -> str:
+    if gpu.amd is not None and gpu.amd.integrated:
+        return "an integrated GPU"
+    if gpu.amd is not None and not gpu.amd.rocm_usable:
+        return f"not usable by ROCm ({gpu.amd.rocm_reason or 'KFD does not list it'})"
+    return "below the runtime's support floor"
 
 
 def _flash_attention_ok(
