@@ -190,8 +190,7 @@ def _runnable(rig: Rig, profile: Profile, traits: RigTraits, warnings: list[str]
         why = "; ".join(f"{gpu_label(g)}: {_unusable_reason(g)}" for g in rig.gpus)
         raise InputError(
             f"no GPU here can run models ({why}): every model would run on the CPU",
-            hint="'provision probe' shows each card's traits; a supported card or driver is "
-            "needed",
+            hint="'provision probe' shows each card's traits; a supported card or driver is needed",
         )
     return replace(rig, gpus=runnable)
 
