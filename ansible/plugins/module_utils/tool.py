@@ -22,7 +22,7 @@ BAD_INPUT = 2
 HOST_ERROR = 3
 ROLLED_BACK = 4
 
-# Where the collection's host role installs the tool, searched after PATH.
+# Where the collection's host role installs the tool: searched before PATH (get_bin_path opt_dirs).
 INSTALL_DIRS = ["/opt/provision/bin", "/usr/local/bin"]
 
 
