@@ -316,3 +316,16 @@ def test_inventory_goes_with_ansible_hosts(tmp_path: Path) -> None:
     )
     assert no_ansible.returncode == 3, no_ansible.stderr
     assert "no ansible-inventory on PATH" in no_ansible.stderr
+
+
+def test_the_standalone_suite_stops_on_a_host_it_cannot_verify() -> None:
+    """`pytest --hosts=A,B provision/verify/suite.py` has no summary to print an unverified
+    host in: it stops with that host's error, as for a single host, never drops it."""
+    from types import SimpleNamespace
+
+    from provision.errors import ProvisionError
+    from provision.verify.runner import standalone_targets
+
+    config = SimpleNamespace(option=SimpleNamespace(hosts="local://,ssh://gpu-box.invalid"))
+    with pytest.raises(ProvisionError):
+        standalone_targets(config)  # type: ignore[arg-type]

@@ -166,17 +166,6 @@ def place(
 def _runnable(rig: Rig, profile: Profile, traits: RigTraits, warnings: list[str]) -> Rig:
     """The GPUs the runtime can run models on. An AMD iGPU, or a card ROCm cannot use, is never
     one; a card below Ollama's floor is left out of Ollama's, unless there is nothing else."""
-    unusable = {g.index for g in rig.gpus if g.amd and (g.amd.integrated or not g.amd.rocm_usable)}
-    below = traits.get(TraitKind.BELOW_RUNTIME_FLOOR)
-    if profile.runtime == Runtime.OLLAMA and below is not None:
-        supported = [g for g in rig.gpus if g.index not in below.gpus and g.index not in unusable]
-        if supported:
-            # Ollama would fall back to the CPU there; on a rig of only such cards (a K80 box
-            # with a legacy build) they are all that there is, so they stay.
-            unusable |= set(below.gpus)
-            left_out = gpu_labels(g for g in rig.gpus if g.index in below.gpus)
-            warnings.append(f"{left_out} left out of Ollama's GPUs: below its support floor")
-    runnable = tuple(g for g in rig.gpus if g.index not in unusable)
     if not rig.gpus:
         # Every setting would be for GPUs that are not there, and the models would run on the
         # CPU: say so instead of planning for it.
@@ -186,21 +175,32 @@ def _runnable(rig: Rig, profile: Profile, traits: RigTraits, warnings: list[str]
             hint="check the driver (nvidia-smi, or lsmod | grep amdgpu) and probe again, or "
             "plan for a recorded rig with --rig FILE",
         )
-    if not runnable:
-        why = "; ".join(f"{gpu_label(g)}: {_unusable_reason(g)}" for g in rig.gpus)
+    unusable = {g.index for g in rig.gpus if _never_runs_models(g)}
+    if len(unusable) == len(rig.gpus):
+        why = "; ".join(f"{gpu_label(g)}: {_never_runs_models(g)}" for g in rig.gpus)
         raise InputError(
             f"no GPU here can run models ({why}): every model would run on the CPU",
             hint="'provision probe' shows each card's traits; a supported card or driver is needed",
         )
-    return replace(rig, gpus=runnable)
+    below = traits.get(TraitKind.BELOW_RUNTIME_FLOOR)
+    if profile.runtime == Runtime.OLLAMA and below is not None:
+        supported = [g for g in rig.gpus if g.index not in below.gpus and g.index not in unusable]
+        if supported:
+            # Ollama would fall back to the CPU there; on a rig of only such cards (a K80 box
+            # with a legacy build) they are all that there is, so they stay.
+            unusable |= set(below.gpus)
+            left_out = gpu_labels(g for g in rig.gpus if g.index in below.gpus)
+            warnings.append(f"{left_out} left out of Ollama's GPUs: below its support floor")
+    return replace(rig, gpus=tuple(g for g in rig.gpus if g.index not in unusable))
 
 
-def _unusable_reason(gpu: Gpu) -> str:
+def _never_runs_models(gpu: Gpu) -> str | None:
+    """Why a card can never run a model (an AMD iGPU, a card ROCm cannot use), or None."""
     if gpu.amd is not None and gpu.amd.integrated:
         return "an integrated GPU"
     if gpu.amd is not None and not gpu.amd.rocm_usable:
         return f"not usable by ROCm ({gpu.amd.rocm_reason or 'KFD does not list it'})"
-    return "below the runtime's support floor"
+    return None
 
 
 def _flash_attention_ok(

@@ -187,7 +187,9 @@ def _parse_manifest(text: str, where: str) -> dict[str, Any]:
 def standalone_targets(config: pytest.Config) -> list[Target]:
     """For `pytest --hosts=... provision/verify/suite.py` without `provision verify`."""
     hosts = getattr(config.option, "hosts", None)
-    targets, _ = load_targets(hosts.split(",") if hosts else ["local://"], "/", None)
+    targets, unverified = load_targets(hosts.split(",") if hosts else ["local://"], "/", None)
+    if unverified:  # no command here to print them: stop as a single host would
+        raise unverified[0].error
     return targets
 
 
