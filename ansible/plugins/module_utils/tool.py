@@ -73,15 +73,15 @@ def run_json(module, argv, ok=(OK,), failed=None, replace=()):
     the task with the tool's own error text (and the values in ``failed``); so does output
     that is not one JSON document."""
     rc, out, err = module.run_command(argv, environ_update={"LANG": "C.UTF-8"})
+    result = dict(failed or {}, cmd=argv, stderr=err)
     if rc not in ok:
-        result = dict(failed or {})
-        result.update(error_result(rc, err, replace), cmd=argv, stderr=err)
+        result.update(error_result(rc, err, replace))
         module.fail_json(**result)
     try:
         document = json.loads(out)
     except ValueError:
-        module.fail_json(msg="%s printed no JSON document" % argv[1], cmd=argv, rc=rc,
-                         stdout=out, stderr=err)
+        result.update(msg="%s printed no JSON document" % argv[1], rc=rc, stdout=out)
+        module.fail_json(**result)
     return rc, document, err
 
 
