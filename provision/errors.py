@@ -35,6 +35,16 @@ class InputError(ProvisionError):
     exit_code = ExitCode.BAD_INPUT
 
 
+class ProfileFieldError(InputError):
+    """Bad input in one profile field, found after the profile loaded (placement, a model
+    lookup). `field` is its path (`models[1].gpus`): the pipeline adds the file and line."""
+
+    def __init__(self, field: str, problem: str, hint: str | None = None) -> None:
+        super().__init__(f"field '{field}': {problem}", hint)
+        self.field = field
+        self.problem = problem
+
+
 class HostError(ProvisionError):
     """The host cannot do what we need: no driver, no permission, a command failed (exit 3)."""
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 from collections.abc import Mapping
 from dataclasses import fields, replace
+from pathlib import Path
 
 from provision.desired import DesiredState
-from provision.errors import InputError
+from provision.errors import InputError, ProfileFieldError
 from provision.hardware.rig import Rig, dump_rig
+from provision.models.estimate import Runtime
 from provision.models.refs import resolve
+from provision.models.spec import ModelSpec
 from provision.placement.decisions import Placement
 from provision.placement.place import place
 from provision.placement.profile import Profile, load_profile
@@ -29,18 +33,101 @@ def desired_state(
     environ: Mapping[str, str],
     allow_partial: bool = False,
     sysfs_root: str = "/sys",
+    root: Path | None = None,
+    files_must_exist: bool = False,
 ) -> tuple[Placement, DesiredState]:
     """A model that cannot be placed is an error (exit 2) unless `allow_partial`: a plan that
     silently serves less than the profile asks for is what an operator finds out too late.
-    `sysfs_root` is where the target's sysfs is: AMD power caps are written below it."""
+    `sysfs_root` is where the target's sysfs is: AMD power caps are written below it. `root`
+    is the target's tree: the Ollama store is looked up and llama-server's model files are
+    checked there; a missing file is a warning for `plan`, an error where `files_must_exist`
+    (diff and apply: the unit would fail to start)."""
     profile = load_profile(profile_ref)
-    specs = {entry.ref: resolve(entry.ref, environ) for entry in profile.models}
-    placement = place(rig, profile, specs, sysfs_root)
+    try:
+        specs = {
+            entry.ref: _resolve_model(entry.ref, f"models[{i}].ref", environ, root)
+            for i, entry in enumerate(profile.models)
+        }
+        placement = place(rig, profile, specs, sysfs_root)
+        warnings = _model_file_warnings(placement, root or Path("/"), files_must_exist)
+    except ProfileFieldError as exc:
+        raise InputError(f"{profile.where(exc.field)}: {exc.message}", hint=exc.hint) from None
+    if warnings:
+        placement = replace(placement, warnings=(*placement.warnings, *warnings))
     _refuse_dropped(placement, allow_partial)
     desired = replace(
         render(placement), profile_digest=profile_digest(profile), rig_digest=rig_digest(rig)
     )
     return placement, desired
+
+
+def _resolve_model(
+    ref: str, field: str, environ: Mapping[str, str], root: Path | None
+) -> ModelSpec:
+    try:
+        return resolve(ref, environ, root)
+    except ProfileFieldError:
+        raise
+    except InputError as exc:
+        raise ProfileFieldError(field, exc.message, exc.hint) from None
+
+
+def _model_file_warnings(placement: Placement, root: Path, must_exist: bool) -> list[str]:
+    """llama-server's `-m` file, as its unit's sandbox will see it. The unit runs with
+    DynamicUser=yes, which implies PrivateTmp=yes and ProtectHome=read-only (systemd.exec(5),
+    "DynamicUser="): a file in /tmp or /var/tmp is not there for it, and the transient user
+    reads only what any user may read."""
+    if placement.profile.runtime != Runtime.LLAMA_SERVER:
+        return []
+    warnings = []
+    for i, mp in enumerate(placement.models):
+        path = mp.entry.path or (mp.entry.ref if mp.entry.ref.endswith(".gguf") else None)
+        if not mp.placed or path is None or not path.startswith("/"):
+            continue
+        field = f"models[{i}].path" if mp.entry.path else f"models[{i}].ref"
+        if path.startswith(("/tmp/", "/var/tmp/")):
+            raise ProfileFieldError(
+                field,
+                f"{path} is in a private /tmp for llama-server's unit (DynamicUser=yes "
+                "implies PrivateTmp=yes): the service would not find it",
+                hint="move the file to e.g. /srv/models/ and point the profile there",
+            )
+        problem = _unreadable_by_others(root, path)
+        if problem is None:
+            continue
+        if problem.startswith("not found") and not must_exist:
+            warnings.append(f"{field}: {path} {problem}: llama-server will fail to start there")
+            continue
+        raise ProfileFieldError(
+            field,
+            f"{path} {problem}",
+            hint="llama-server runs as a transient user (DynamicUser=yes): the file must be "
+            "readable by others (chmod o+r) in folders they may enter (chmod o+x), e.g. under "
+            "/srv/models",
+        )
+    return warnings
+
+
+def _unreadable_by_others(root: Path, path: str) -> str | None:
+    """Why a user with no groups could not read `path` under `root`, or None."""
+    target = root / path.lstrip("/")
+    try:
+        info = target.stat()
+        if not stat.S_ISREG(info.st_mode):
+            return "is not a regular file"
+        if not info.st_mode & stat.S_IROTH:
+            return "is not readable by other users"
+        for folder in target.parents:
+            if folder == root:
+                break
+            if not folder.stat().st_mode & stat.S_IXOTH:
+                inside = Path("/") / folder.relative_to(root)
+                return f"is in {inside}, which other users cannot enter"
+    except FileNotFoundError:
+        return f"not found under {root}"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    return None
 
 
 def _refuse_dropped(placement: Placement, allow_partial: bool) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +44,18 @@ def run_provision(
     if check_no_traceback:
         assert "Traceback" not in result.stderr, result.stderr
     return result
+
+
+def install_in_ollama_store(store: Path, name: str, tag: str, gguf_path: Path) -> None:
+    """Put a GGUF file in an Ollama store as `ollama pull NAME:TAG` would lay it out."""
+    digest = "sha256:" + "ab" * 32
+    blobs = store / "blobs"
+    blobs.mkdir(parents=True)
+    shutil.copy(gguf_path, blobs / digest.replace(":", "-"))
+    manifest = store / "manifests" / "registry.ollama.ai" / "library" / name / tag
+    manifest.parent.mkdir(parents=True)
+    layers = [
+        {"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:" + "cd" * 32},
+        {"mediaType": "application/vnd.ollama.image.model", "digest": digest},
+    ]
+    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": layers}))

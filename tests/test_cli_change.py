@@ -15,6 +15,7 @@ import pytest
 
 from provision.desired import DesiredFile
 from provision.paths import MANIFEST_PATH
+from provision.placement.profile import load_profile
 from tests.helpers import REPO_ROOT, rig_file
 from tests.test_apply import NGINX_UNIT, desired_file, enabled, provision, scratch_root, tree
 from tests.test_plan import NGINX_CONF, state_a, state_b
@@ -225,7 +226,13 @@ def test_rendered_profiles_apply_and_then_diff_in_sync(root: Path, profile: str)
     ollama = root / "etc/systemd/system/ollama.service"  # what Ollama's installer writes
     ollama.parent.mkdir(parents=True)
     ollama.write_text(OLLAMA_UNIT)
-    args = ("--rig", str(RIG_8X), "--profile", profile, "--root", str(root))
+    for model in load_profile(profile).models:
+        if model.path:  # the file llama-server loads: diff and apply check it is there
+            (root / model.path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            (root / model.path.lstrip("/")).write_bytes(b"GGUF")
+    # The bundled PSU budget is a desktop's: below what eight A100s' minimum limits add up to.
+    rig = rig_file("synthetic-2x3090-x16-x8") if profile == "power-capped" else RIG_8X
+    args = ("--rig", str(rig), "--profile", profile, "--root", str(root))
     assert provision("diff", *args).returncode == 1
     applied = provision("apply", "--yes", *args)
     assert applied.returncode == 0, applied.stdout + applied.stderr

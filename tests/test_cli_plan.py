@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import rig_file, run_provision
+from tests.gguf_factory import write_tiny_gguf
+from tests.helpers import install_in_ollama_store, rig_file, run_provision
 
 RIG_2X3090 = str(rig_file("synthetic-2x3090-x16-x8"))
 
@@ -91,3 +92,78 @@ def test_a_rig_without_gpus_is_refused(tmp_path: Path) -> None:
         assert result.returncode == 2, result.stdout + result.stderr
         assert result.stderr.startswith("error: no GPU on this rig: ")
         assert "0.0 GiB" not in result.stderr and "check the driver" in result.stderr
+
+
+def test_errors_found_while_placing_name_the_profile_line(tmp_path: Path) -> None:
+    profile = tmp_path / "p.yaml"
+    profile.write_text("models:\n- ref: llama3.1:8b\n- ref: llama3.2:3b\n  gpus: [7]\n")
+    result = run_provision("plan", "--rig", RIG_2X3090, "--profile", str(profile))
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"error: {profile}:4: field 'models[1].gpus': GPU 7 is not in this rig"
+    )
+    unknown = tmp_path / "u.yaml"
+    unknown.write_text("models:\n- ref: llama3.1:8b\n- ref: no-such-model:1b\n")
+    result = run_provision("plan", "--rig", RIG_2X3090, "--profile", str(unknown))
+    assert result.returncode == 2
+    assert f"error: {unknown}:3: field 'models[1].ref': unknown model 'no-such-model:1b'" in (
+        result.stderr
+    )
+
+
+def test_the_ollama_store_is_looked_up_under_the_root(tmp_path: Path) -> None:
+    """A model pulled on the target tree is found there, and a miss names the store searched."""
+    root = tmp_path / "root"
+    store = root / "usr/share/ollama/.ollama/models"
+    install_in_ollama_store(store, "tiny", "1b", write_tiny_gguf(tmp_path / "tiny.gguf"))
+    fit = run_provision("fit", "tiny:1b", "--rig", RIG_2X3090, "--root", str(root), "--json")
+    assert fit.returncode == 0, fit.stderr
+    missing = run_provision("fit", "tiny:1b", "--rig", RIG_2X3090, "--root", str(tmp_path))
+    assert missing.returncode == 2
+    searched = tmp_path / "usr/share/ollama/.ollama/models"
+    assert f"not installed in the Ollama store {searched}" in missing.stderr
+
+
+def _llama_server_profile(tmp_path: Path, path: str) -> Path:
+    profile = tmp_path / "ls.yaml"
+    profile.write_text(
+        "runtime: llama-server\nlisten: {address: 127.0.0.1, port: 8080}\n"
+        f"models:\n- ref: llama3.1:8b\n  path: {path}\n"
+    )
+    return profile
+
+
+def test_llama_servers_model_file_is_checked_as_its_sandbox_sees_it(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "srv/models").mkdir(parents=True)
+    model = root / "srv/models/m.gguf"
+    model.write_bytes(b"GGUF")
+    model.chmod(0o644)
+    ok = _llama_server_profile(tmp_path, "/srv/models/m.gguf")
+    assert run_provision("plan", "--rig", RIG_2X3090, "--profile", str(ok), "--root", str(root)) \
+        .returncode == 0  # fmt: skip
+    model.chmod(0o600)
+    private = run_provision("diff", "--rig", RIG_2X3090, "--profile", str(ok), "--root", str(root))
+    assert private.returncode == 2
+    assert f"error: {ok}:5: field 'models[0].path': /srv/models/m.gguf is not readable by " \
+        "other users" in private.stderr  # fmt: skip
+    assert "chmod o+r" in private.stderr
+    model.chmod(0o644)
+    (root / "srv/models").chmod(0o700)
+    closed = run_provision("plan", "--rig", RIG_2X3090, "--profile", str(ok), "--root", str(root))
+    assert closed.returncode == 2
+    assert "is in /srv/models, which other users cannot enter" in closed.stderr
+    (root / "srv/models").chmod(0o755)
+    tmp = _llama_server_profile(tmp_path, "/tmp/m.gguf")
+    hidden = run_provision("plan", "--rig", RIG_2X3090, "--profile", str(tmp), "--root", str(root))
+    assert hidden.returncode == 2
+    assert "private /tmp for llama-server's unit" in hidden.stderr
+    absent = _llama_server_profile(tmp_path, "/srv/models/absent.gguf")
+    planned = run_provision("plan", "--rig", RIG_2X3090, "--profile", str(absent), "--root",
+                            str(root))  # fmt: skip
+    assert planned.returncode == 0
+    assert "models[0].path: /srv/models/absent.gguf not found under" in planned.stdout
+    refused = run_provision("diff", "--rig", RIG_2X3090, "--profile", str(absent), "--root",
+                            str(root))  # fmt: skip
+    assert refused.returncode == 2
+    assert "/srv/models/absent.gguf not found under" in refused.stderr

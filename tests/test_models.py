@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from provision.errors import InputError
 from provision.models import catalog
 from provision.models.refs import resolve, spec_from_gguf
 from tests.gguf_factory import TinyShape, tensor_bytes, write_tiny_gguf
+from tests.helpers import install_in_ollama_store
 
 
 def _block_bytes(shape: TinyShape, il: int) -> int:
@@ -95,23 +95,9 @@ def test_truncated_gguf_is_bad_input(tmp_path: Path) -> None:
         spec_from_gguf(path)
 
 
-def _install_in_ollama_store(store: Path, name: str, tag: str, gguf_path: Path) -> None:
-    digest = "sha256:" + "ab" * 32
-    blobs = store / "blobs"
-    blobs.mkdir(parents=True)
-    shutil.copy(gguf_path, blobs / digest.replace(":", "-"))
-    manifest = store / "manifests" / "registry.ollama.ai" / "library" / name / tag
-    manifest.parent.mkdir(parents=True)
-    layers = [
-        {"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:" + "cd" * 32},
-        {"mediaType": "application/vnd.ollama.image.model", "digest": digest},
-    ]
-    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": layers}))
-
-
 def test_installed_ollama_model_resolves_through_the_store(tmp_path: Path) -> None:
     store = tmp_path / "models"
-    _install_in_ollama_store(store, "tiny", "latest", write_tiny_gguf(tmp_path / "t.gguf"))
+    install_in_ollama_store(store, "tiny", "latest", write_tiny_gguf(tmp_path / "t.gguf"))
     env = {"OLLAMA_MODELS": str(store)}
     for ref in ("tiny", "tiny:latest"):
         spec = resolve(ref, env)

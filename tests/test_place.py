@@ -14,7 +14,7 @@ from provision.placement.decisions import Placement
 from provision.placement.fit import Verdict
 from provision.placement.place import place
 from provision.placement.profile import load_profile
-from tests.helpers import load_named_rig
+from tests.helpers import load_named_rig, rig_file, run_provision
 
 
 def _place(rig_name: str, profile_ref: str) -> Placement:
@@ -134,13 +134,24 @@ def test_psu_budget_is_shared_and_clamped_to_nvml_limits(tmp_path: Path) -> None
     plan = _place("synthetic-2x3090-x16-x8", "power-capped")  # 850 - 250 = 600 W over two
     assert [d.target_w for d in plan.power] == [300.0, 300.0]
     assert all(d.default_w == 350.0 for d in plan.power)
-    tight = _profile(tmp_path, "extends: ollama-auto\npower: {psu_w: 400, platform_w: 250}\n")
-    clamped = _place("synthetic-2x3090-x16-x8", tight)  # 75 W each, below the 100 W minimum
+    low = _profile(tmp_path, "extends: ollama-auto\npower: {per_gpu_w: 80}\n")
+    clamped = _place("synthetic-2x3090-x16-x8", low)  # below the 100 W minimum
     assert [d.target_w for d in clamped.power] == [100.0, 100.0]
     assert all("raised to NVML's minimum 100 W" in d.reason for d in clamped.power)
-    assert any("minimum limits add up to 200 W" in w for w in clamped.warnings)
     high = _profile(tmp_path, "extends: ollama-auto\npower: {per_gpu_w: 500}\n")
     assert [d.target_w for d in _place("synthetic-2x3090-x16-x8", high).power] == [400.0, 400.0]
+
+
+def test_a_budget_below_the_cards_minimum_is_refused(tmp_path: Path) -> None:
+    """400 - 250 = 150 W for two 3090s whose minimum is 100 W each: no limit keeps the PSU
+    inside its budget, so nothing is planned."""
+    tight = _profile(tmp_path, "extends: ollama-auto\npower: {psu_w: 400, platform_w: 250}\n")
+    result = run_provision("plan", "--rig", str(rig_file("synthetic-2x3090-x16-x8")),
+                           "--profile", str(tight))  # fmt: skip
+    assert result.returncode == 2
+    assert f"error: {tight}:2: field 'power.psu_w': 400 W PSU - 250 W platform leaves " \
+        "150 W for the GPUs, below the 200 W" in result.stderr  # fmt: skip
+    assert "raise psu_w (or lower platform_w) to at least 450 W" in result.stderr
 
 
 def test_budget_never_raises_a_card_above_its_default(tmp_path: Path) -> None:
@@ -320,7 +331,7 @@ def test_flash_attention_is_off_where_ollama_will_not_enable_it() -> None:
 
 def test_a_quantized_kv_cache_is_refused_where_flash_attention_is_off(tmp_path: Path) -> None:
     text = "models: [{ref: llama3.2:3b, kv_type: q8_0}]\n"
-    with pytest.raises(InputError, match=r"kv_type: q8_0 needs flash attention") as caught:
+    with pytest.raises(InputError, match=r"kv_type': q8_0 needs flash attention") as caught:
         _place("synthetic-2xk80", _profile(tmp_path, text))
     assert "kv_type: f16" in (caught.value.hint or "")
 
@@ -348,3 +359,30 @@ def test_models_that_swap_are_judged_on_emptied_gpus(tmp_path: Path) -> None:
     assert _env(plan)["OLLAMA_MAX_LOADED_MODELS"] == "1"
     for model in plan.models:
         assert "of 25.5 GB free" in model.ollama_reason, model.ollama_reason
+
+
+def test_gpus_left_idle_get_a_replicas_hint() -> None:
+    """The default profile on 8 A100s uses two cards; each could hold every model alone."""
+    plan = _place("synthetic-8xa100-nvlink", "ollama-auto")
+    hints = [w for w in plan.warnings if "idle" in w]
+    assert len(hints) == 1
+    assert hints[0].startswith("6 of 8 GPUs idle: one Ollama serves every model from GPU 0")
+    assert "`replicas: auto` would run one Ollama per GPU" in hints[0]
+    busy = _place("synthetic-2x3090-x16-x8", "ollama-auto")  # both cards hold a model
+    assert not any("idle" in w for w in busy.warnings)
+
+
+def test_a_replica_count_the_rig_cannot_build_is_warned_about(tmp_path: Path) -> None:
+    more = _profile(tmp_path, "extends: ollama-replicas\nreplicas: 4\n")
+    plan = _place("synthetic-2x3090-x16-x8", more)
+    assert len(plan.instances) == 2
+    assert "replicas: 4 asked, 2 built: only GPUs 0, 1 each hold every model alone" in plan.warnings
+    # Two replicas asked, but the 32B fits the 4090 alone, not the 16 GB card.
+    none = _profile(tmp_path, "extends: ollama-auto\nreplicas: 2\n")
+    single = _place("synthetic-4090-4060ti16", none)
+    assert len(single.instances) == 1
+    assert any(w.startswith("replicas: 2 not built: replicas need two or more GPUs") for w in
+               single.warnings)  # fmt: skip
+    ignored = _profile(tmp_path, "extends: llama-server\nreplicas: 2\n")
+    served = _place("synthetic-2x3090-x16-x8", ignored)
+    assert any(w.startswith("replicas: 2 is ignored: llama-server") for w in served.warnings)

@@ -64,7 +64,7 @@ def test_circular_extends_is_refused(tmp_path: Path) -> None:
         ("models: [{ref: x}]\npower: {per_gpu_w: 300, psu_w: 900, platform_w: 100}\n", 2,
          "power", "not both"),
         ("models:\n- ref: x\n  ctx: 0\n", 3, "models[0].ctx", "must be positive"),
-        ("models:\n- ref: x\n  path: relative/model.gguf\n", 3, "models[0].path", "absolute"),
+        ("models:\n- ref: x\n  path: /has space.gguf\n", 3, "models[0].path", "absolute"),
         ("replicas: many\nmodels: [{ref: x}]\n", 1, "replicas", "'auto'"),
         ("models: [{ref: x}]\npower:\n  per_gpu_w: .nan\n", 3, "power.per_gpu_w",
          "expected a finite number, got nan"),
@@ -153,3 +153,32 @@ def test_a_complex_key_is_an_error_not_a_traceback(tmp_path: Path) -> None:
     text = "? [a, b]\n: 1\nmodels: [{ref: llama3.1:8b}]\n"
     with pytest.raises(InputError, match="not valid YAML"):
         load_profile(str(_write(tmp_path, text)))
+
+
+def test_relative_model_files_are_relative_to_the_profile(tmp_path: Path) -> None:
+    """Not to wherever the command runs: the unit must name the file the plan measured."""
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    _write(
+        folder,
+        "models:\n- {ref: ../models/a.gguf, path: ../models/b.gguf}\n- ref: c.gguf\n",
+        "profile.yaml",
+    )
+    profile = load_profile(str(folder / "profile.yaml"))
+    assert profile.models[0].ref == str(tmp_path / "models" / "a.gguf")
+    assert profile.models[0].path == str(tmp_path / "models" / "b.gguf")
+    assert profile.models[1].ref == str(folder / "c.gguf")
+    # A parent's files stay relative to the parent, wherever the child is.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "child.yaml").write_text(f"extends: {folder / 'profile.yaml'}\n")
+    inherited = load_profile(str(elsewhere / "child.yaml"))
+    assert inherited.models[1].ref == str(folder / "c.gguf")
+
+
+def test_a_field_knows_its_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "description: x\nmodels:\n- ref: a\n- ref: b\n  gpus: [7]\n")
+    profile = load_profile(str(path))
+    assert profile.where("models[1].gpus") == f"{path}:5"
+    assert profile.where("models[1].ctx") == f"{path}:4"  # not set: the entry's line
+    assert profile.where("power.psu_w") == str(path)  # nothing there

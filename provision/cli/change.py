@@ -155,7 +155,9 @@ def diff(
 
     Exit status 0 when the host is in sync, 1 when changes are pending.
     """
-    desired, warnings = load_desired(rig_file, sysfs, profile_ref, desired_json, allow_partial)
+    desired, warnings = load_desired(
+        rig_file, sysfs, profile_ref, desired_json, allow_partial, root
+    )
     host = Host.at(root)
     plan = make_plan(desired, observe(host, desired))
     if as_json:
@@ -246,7 +248,9 @@ def apply(
     # lazy: the executor (sockets, locks, backups) is not needed by diff, which shares this module
     from provision.change.apply import Settings, execute, locked
 
-    desired, warnings = load_desired(rig_file, sysfs, profile_ref, desired_json, allow_partial)
+    desired, warnings = load_desired(
+        rig_file, sysfs, profile_ref, desired_json, allow_partial, root
+    )
     host = Host.at(root)
     # Before anything else, and before the confirmation: what the plan warns about.
     print_warnings(warnings)

@@ -57,7 +57,7 @@ def fit(
         if value <= 0:
             raise InputError(f"{name} must be a positive number of tokens/requests, got {value}")
     rig = read_rig(rig_file, sysfs)
-    spec = resolve(model, os.environ)
+    spec = resolve(model, os.environ, root)
     settings = RunSettings(
         ctx_tokens=ctx, parallel=parallel, kv_type=KvType(kv_type), runtime=Runtime(runtime)
     )
@@ -90,7 +90,7 @@ def plan(
     """Decide where each model runs, with reasons, and list the files it would write."""
     rig = read_rig(rig_file, sysfs)
     placement, desired = desired_state(
-        rig, profile_ref, os.environ, allow_partial, os.path.abspath(sysfs)
+        rig, profile_ref, os.environ, allow_partial, os.path.abspath(sysfs), root
     )
     if as_json:
         click.echo(json.dumps(placement_to_plain(placement, desired), indent=2))

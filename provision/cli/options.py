@@ -118,8 +118,10 @@ def load_desired(
     profile_ref: str | None,
     desired_json: Path | None,
     allow_partial: bool = False,
+    root: Path | None = None,
 ) -> tuple[DesiredState, tuple[str, ...]]:
-    """The desired state and the plan's warnings (none for a desired state read as JSON)."""
+    """The desired state for the tree at `root` and the plan's warnings (none for a desired
+    state read as JSON). The files the units will load must be there (diff, apply)."""
     if desired_json is not None:
         return desired_from_json(desired_json), ()
     from provision.pipeline import desired_state  # lazy: the engine alone needs no placement
@@ -127,7 +129,9 @@ def load_desired(
     rig = read_rig(rig_file, sysfs)
     # Absolute: the power unit runs from / and the manifest must name the same place.
     sysfs_root = os.path.abspath(sysfs)
-    placement, desired = desired_state(rig, profile_ref, os.environ, allow_partial, sysfs_root)
+    placement, desired = desired_state(
+        rig, profile_ref, os.environ, allow_partial, sysfs_root, root, files_must_exist=True
+    )
     return desired, placement.warnings
 
 

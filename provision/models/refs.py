@@ -187,8 +187,13 @@ def _file_type_name(file_type: Any) -> str | None:
 # --- the Ollama store -------------------------------------------------------------------------
 
 
-def ollama_models_dir(environ: Mapping[str, str]) -> Path:
-    return Path(environ.get("OLLAMA_MODELS") or DEFAULT_OLLAMA_MODELS)
+def ollama_models_dir(environ: Mapping[str, str], root: Path | None = None) -> Path:
+    """The Ollama store: $OLLAMA_MODELS or Ollama's default, below `root` when one is given
+    (planning for a tree that is not /)."""
+    store = Path(environ.get("OLLAMA_MODELS") or DEFAULT_OLLAMA_MODELS)
+    if root is None or root == Path("/") or not store.is_absolute():
+        return store
+    return root / store.relative_to("/")
 
 
 def ollama_manifest_path(models_dir: Path, name: str) -> Path:
@@ -239,12 +244,13 @@ def installed_ollama_names(models_dir: Path) -> list[str]:
 # --- resolving a reference ----------------------------------------------------------------------
 
 
-def resolve(ref: str, environ: Mapping[str, str]) -> ModelSpec:
-    """A GGUF path, an installed Ollama model, or a catalog tag, tried in that order."""
+def resolve(ref: str, environ: Mapping[str, str], root: Path | None = None) -> ModelSpec:
+    """A GGUF path, an installed Ollama model (in the store below `root`), or a catalog tag,
+    tried in that order."""
     path = Path(ref)
     if ref.endswith(".gguf") or path.is_file():
         return spec_from_gguf(path)
-    models_dir = ollama_models_dir(environ)
+    models_dir = ollama_models_dir(environ, root)
     blob = ollama_blob(models_dir, ref)
     if blob is not None:
         spec = spec_from_gguf(blob)
@@ -260,7 +266,9 @@ def resolve(ref: str, environ: Mapping[str, str]) -> ModelSpec:
         else "pass a .gguf path, an installed Ollama model, or a name from 'provision models'"
     )
     raise InputError(
-        f"unknown model '{ref}': not a file, not installed, not in the catalog", hint=hint
+        f"unknown model '{ref}': not a file, not installed in the Ollama store {models_dir}, "
+        "not in the catalog",
+        hint=hint,
     )
 
 

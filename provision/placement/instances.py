@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from provision import ollama, paths
-from provision.errors import InputError
+from provision.errors import InputError, ProfileFieldError
 from provision.hardware.classify import TraitKind, classify, gpu_label, gpu_labels
 from provision.hardware.rig import Gpu, Rig, Vendor
 from provision.models.estimate import KvType, Runtime
@@ -43,11 +43,22 @@ def instances(
     the visibility variables must hide from a unit as much as show it its own."""
     box = box or rig
     if profile.runtime == Runtime.LLAMA_SERVER:
-        return _llama_servers(box, profile, placements)
-    replicas = _replica_gpus(rig, profile, placements)
+        layout = _llama_servers(box, profile, placements)
+        if profile.replicas != 1:
+            layout.warnings.append(
+                f"replicas: {profile.replicas} is ignored: llama-server runs one server per "
+                "model (replicas are Ollama instances behind nginx)"
+            )
+        return layout
+    candidates = _replica_candidates(rig, profile, placements)
+    replicas, note = _replica_gpus(rig, profile, placements, candidates)
     if replicas:
-        return _ollama_replicas(box, profile, placements, replicas, ollama_version)
-    return _ollama_single(rig, profile, placements, all_resident, ollama_version, box)
+        layout = _ollama_replicas(box, profile, placements, replicas, ollama_version)
+    else:
+        layout = _ollama_single(rig, profile, placements, all_resident, ollama_version, box)
+    if note:
+        layout.warnings.append(note)
+    return layout
 
 
 def server_parallel(profile: Profile) -> int:
@@ -205,10 +216,17 @@ def _layer_units(share: GpuShare) -> int:
     return len(share.footprint.layers) + int(share.footprint.holds_output)
 
 
-def _replica_gpus(rig: Rig, profile: Profile, placements: Sequence[ModelPlacement]) -> list[Gpu]:
-    """GPUs that each hold every model on their own, when the profile asks for replicas."""
-    if profile.replicas == 1 or not placements:
+def _replica_candidates(
+    rig: Rig, profile: Profile, placements: Sequence[ModelPlacement]
+) -> list[Gpu]:
+    """GPUs that each hold every model on their own, fastest first. Worked out for a single
+    instance too, but only when it leaves GPUs idle: that is what the idle-GPU hint needs."""
+    if not placements:
         return []
+    if profile.replicas == 1:
+        used = {i for p in _placed(placements) for i in p.gpu_indices}
+        if len(used) >= len(rig.gpus) or not used:
+            return []
     candidates = []
     for gpu in by_speed(rig.gpus):
         alone = replace(rig, gpus=(gpu,))
@@ -216,9 +234,42 @@ def _replica_gpus(rig: Rig, profile: Profile, placements: Sequence[ModelPlacemen
             fit_model(alone, p.spec, p.settings).verdict == Verdict.SINGLE_GPU for p in placements
         ):
             candidates.append(gpu)
+    return candidates
+
+
+def _replica_gpus(
+    rig: Rig, profile: Profile, placements: Sequence[ModelPlacement], candidates: Sequence[Gpu]
+) -> tuple[list[Gpu], str | None]:
+    """(the GPUs that get one Ollama each, or none for one Ollama; what to tell the user).
+
+    Replicas are built only where two or more cards hold every model; a count the rig cannot
+    give is said, and so are GPUs a single Ollama leaves idle when replicas could use them."""
+    held = ", ".join(str(g.index) for g in candidates) or "none"
+    if profile.replicas == 1:
+        used = {i for p in _placed(placements) for i in p.gpu_indices}
+        idle = len(rig.gpus) - len(used)
+        if idle and len(candidates) >= 2:
+            return [], (
+                f"{idle} of {len(rig.gpus)} GPUs idle: one Ollama serves every model from "
+                f"{gpu_labels(g for g in rig.gpus if g.index in used)}; GPUs {held} each hold "
+                "every model alone, so `replicas: auto` would run one Ollama per GPU behind "
+                "nginx for more requests at once"
+            )
+        return [], None
     wanted = len(candidates) if profile.replicas == "auto" else int(profile.replicas)
-    chosen = candidates[:wanted]
-    return chosen if len(chosen) >= 2 else []
+    chosen = list(candidates[:wanted])
+    if len(chosen) < 2:
+        return [], (
+            f"replicas: {profile.replicas} not built: replicas need two or more GPUs that each "
+            f"hold every model alone, and this rig has {len(candidates)} ({held}); one Ollama "
+            "serves every model instead"
+        )
+    if profile.replicas != "auto" and len(chosen) < wanted:
+        return chosen, (
+            f"replicas: {wanted} asked, {len(chosen)} built: only GPUs {held} each hold every "
+            "model alone"
+        )
+    return chosen, None
 
 
 def _ollama_replicas(
@@ -291,9 +342,10 @@ def _model_path(p: ModelPlacement, position: int) -> str:
         return p.entry.path
     if p.entry.ref.endswith(".gguf") and p.entry.ref.startswith("/"):
         return p.entry.ref
-    raise InputError(
-        f"models[{position}].path: llama-server needs the GGUF file to load for {p.entry.ref}",
-        hint="add `path: /srv/models/<file>.gguf` to that model",
+    raise ProfileFieldError(
+        f"models[{position}].path",
+        f"llama-server needs the GGUF file to load for {p.entry.ref}",
+        hint="add `path: /srv/models/<file>.gguf` to that model (relative to the profile file)",
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from provision import ollama, paths
-from provision.errors import InputError
+from provision.errors import InputError, ProfileFieldError
 from provision.hardware.classify import RigTraits, TraitKind, classify, gpu_label, gpu_labels
 from provision.hardware.rig import Gpu, Rig, Vendor
 from provision.models.estimate import KvType, RunSettings, Runtime
@@ -53,8 +53,9 @@ def _pinned_rig(rig: Rig, entry: ModelEntry, at: str) -> Rig:
     known = {g.index for g in rig.gpus}
     missing = sorted(set(entry.gpus) - known)
     if missing:
-        raise InputError(
-            f"{at}.gpus: GPU {missing[0]} is not in this rig (it has {sorted(known)})",
+        raise ProfileFieldError(
+            f"{at}.gpus",
+            f"GPU {missing[0]} is not in this rig (it has {sorted(known)})",
             hint="pin to indices that 'provision probe' lists",
         )
     return replace(rig, gpus=tuple(g for g in rig.gpus if g.index in entry.gpus))
@@ -217,9 +218,10 @@ def _flash_attention_ok(
     wanted = [m for m in profile.models if m.kv_type != KvType.F16]
     cards = ", ".join(f"{gpu_label(g)} (CC {g.compute_capability or '?'})" for g in rig.gpus)
     if wanted:
-        raise InputError(
-            f"models[{profile.models.index(wanted[0])}].kv_type: {wanted[0].kv_type} needs "
-            f"flash attention, which Ollama {version or '(current)'} does not enable on {cards}",
+        raise ProfileFieldError(
+            f"models[{profile.models.index(wanted[0])}].kv_type",
+            f"{wanted[0].kv_type} needs flash attention, which Ollama {version or '(current)'} "
+            f"does not enable on {cards}",
             hint="use kv_type: f16, or run the model with runtime: llama-server",
         )
     if profile.flash_attention:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from provision.errors import ProfileFieldError
 from provision.hardware.amdgpu import pci_device_dir
 from provision.hardware.classify import gpu_label
 from provision.hardware.rig import Gpu, Rig, Vendor
@@ -91,10 +92,14 @@ def _share_budget(
         for g in gpus
     }
     floor = sum(g.power.min_w or 0 for g in gpus)
-    warning = None
     if floor > budget:
-        warning = (
-            f"the GPUs' minimum limits add up to {floor:g} W, above the {budget:g} W budget: "
-            "the PSU may still be overloaded at full load"
+        # No limit the drivers accept keeps the box inside the budget: planning anyway would
+        # raise every card to its minimum and still overload the PSU, silently.
+        raise ProfileFieldError(
+            "power.psu_w",
+            f"{psu_w:g} W PSU - {platform_w:g} W platform leaves {budget:g} W for the GPUs, "
+            f"below the {floor:g} W their drivers' minimum limits add up to",
+            hint="raise psu_w (or lower platform_w) to at least "
+            f"{floor + platform_w:g} W, or leave some GPUs out of this box's plan",
         )
-    return asked, warning
+    return asked, None

@@ -9,6 +9,7 @@ newline or a control character into them (rendering then quotes what remains).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ _DURATION = re.compile(r"^(-1|0|(\d+(\.\d+)?(ns|us|ms|s|m|h))+)$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LAST_PART = re.compile(r"(\.[^.\[\]]+|\[\d+\]|^[^.\[\]]+)$")  # models[1].gpus -> models[1]
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,22 @@ class _ProfileData:
 class Profile(_ProfileData):
     name: str = ""
     source: str = ""  # the file it came from (the child's, when it extends another)
+    # (field path, line) of every field the file itself sets: errors found after loading
+    # (placement, model lookup) name the line too.
+    lines: tuple[tuple[str, int], ...] = field(default=(), compare=False)
 
     @property
     def is_loopback(self) -> bool:
         return _is_loopback(self.listen.address)
+
+    def where(self, path: str) -> str:
+        """`source:line` of a field (`models[1].gpus`), or of the nearest enclosing one."""
+        known = dict(self.lines)
+        while path:
+            if path in known:
+                return f"{self.source}:{known[path]}"
+            path = _LAST_PART.sub("", path)
+        return self.source
 
 
 def _is_loopback(address: str) -> bool:
@@ -149,6 +163,25 @@ def _line_of(data: Any, path: str) -> int | None:
         else:
             break
     return line
+
+
+def _field_lines(data: Any, prefix: str = "") -> list[tuple[str, int]]:
+    """(path, line) for every mapping key and list item below `data`, as `_line_of` reads them."""
+    found: list[tuple[str, int]] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            line = getattr(data, "lines", {}).get(key)
+            if line is not None:
+                found.append((path, line))
+            found += _field_lines(value, path)
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            line = getattr(item, "line", None)
+            if line is not None:
+                found.append((f"{prefix}[{i}]", line))
+            found += _field_lines(item, f"{prefix}[{i}]")
+    return found
 
 
 # --- loading and merging ------------------------------------------------------------------------
@@ -233,9 +266,33 @@ def _resolve_extends(data: dict[str, Any], source: str, seen: tuple[str, ...]) -
         raise _error(source, data, "extends", f"circular: {' -> '.join((*seen, parent_ref))}")
     here = Path(source).parent if Path(source).is_file() else None
     text, parent_source = _read(parent_ref, here)
-    parent = _resolve_extends(_parse(text, parent_source), parent_source, (*seen, parent_ref))
+    parent = _resolve_extends(
+        _absolute_model_paths(_parse(text, parent_source), parent_source),
+        parent_source,
+        (*seen, parent_ref),
+    )
     child = {k: v for k, v in data.items() if k != "extends"}
     return _merge({k: v for k, v in parent.items() if k != "extends"}, child)
+
+
+def _absolute_model_paths(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """A model's relative `.gguf` ref or `path:` is relative to the profile file that names it,
+    not to wherever the command runs: made absolute here, so units name the file the plan
+    measured. (Bundled profiles name no files.)"""
+    models = data.get("models")
+    if not Path(source).is_file() or not isinstance(models, list):
+        return data
+    folder = Path(source).parent.absolute()
+    for entry in models:
+        if not isinstance(entry, dict):
+            continue
+        for key in ("ref", "path"):
+            value = entry.get(key)
+            if not isinstance(value, str) or not value or value.startswith("/"):
+                continue
+            if key == "path" or value.endswith(".gguf"):
+                entry[key] = os.path.normpath(folder / value)
+    return data
 
 
 def _error(source: str, data: Any, path: str, problem: str, hint: str | None = None) -> InputError:
@@ -250,7 +307,7 @@ def _error(source: str, data: Any, path: str, problem: str, hint: str | None = N
 def load_profile(ref: str | None) -> Profile:
     """Load a bundled profile by name or a profile file, resolve `extends`, validate."""
     text, source = _read(ref or DEFAULT_PROFILE, None)
-    raw = _parse(text, source)
+    raw = _absolute_model_paths(_parse(text, source), source)
     merged = _resolve_extends(raw, source, (ref or DEFAULT_PROFILE,))
     try:
         data = from_plain(_ProfileData, merged)
@@ -258,7 +315,10 @@ def load_profile(ref: str | None) -> Profile:
         raise _error(source, raw, exc.path, exc.problem) from None
     name = Path(source).name.removesuffix(".yaml")
     profile = Profile(
-        **{f: getattr(data, f) for f in data.__dataclass_fields__}, name=name, source=source
+        **{f: getattr(data, f) for f in data.__dataclass_fields__},
+        name=name,
+        source=source,
+        lines=tuple(_field_lines(raw)),
     )
     problem = first_problem(profile)
     if problem is not None:
