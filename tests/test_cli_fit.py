@@ -100,3 +100,17 @@ def test_models_lists_the_catalog() -> None:
     result = run_provision("models")
     assert result.returncode == 0
     assert any(line.startswith("llama3.3:70b") for line in result.stdout.splitlines())
+
+
+def test_fit_runs_a_model_by_the_rules_plan_uses() -> None:
+    """Flash attention only where Ollama enables it, the context clamped to the trained
+    length: `fit` and `plan` agree on one model (they used to differ on a K80)."""
+    k80 = str(rig_file("synthetic-2xk80"))
+    result = run_provision("fit", "llama3.1:8b", "--ctx", "200000", "--rig", k80, "--json")
+    assert result.returncode == 0, result.stderr
+    assert "warning: flash attention off: Ollama (current) does not enable it" in result.stderr
+    assert "ctx 200000 is above the 131072 tokens it was trained on" in result.stderr
+    assert json.loads(result.stdout)["settings"]["ctx"] == 131072
+    refused = run_provision("fit", "llama3.1:8b", "--kv-type", "q8_0", "--rig", k80)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: --kv-type q8_0: q8_0 needs flash attention")

@@ -15,12 +15,14 @@ import click
 from provision import ollama
 from provision.cli.options import json_option, profile_option, read_rig, rig_options
 from provision.cli.report import fit_text, fit_to_plain, placement_text, placement_to_plain
-from provision.errors import InputError
+from provision.errors import InputError, ProfileFieldError
 from provision.models import catalog
-from provision.models.estimate import KvType, RunSettings, Runtime
+from provision.models.estimate import KvType, Runtime
 from provision.models.refs import resolve
 from provision.pipeline import desired_state
 from provision.placement.fit import fit_model
+from provision.placement.place import one_model_settings
+from provision.placement.profile import ModelEntry
 
 
 @click.command()
@@ -58,9 +60,13 @@ def fit(
             raise InputError(f"{name} must be a positive number of tokens/requests, got {value}")
     rig = read_rig(rig_file, sysfs)
     spec = resolve(model, os.environ, root)
-    settings = RunSettings(
-        ctx_tokens=ctx, parallel=parallel, kv_type=KvType(kv_type), runtime=Runtime(runtime)
-    )
+    entry = ModelEntry(ref=model, ctx=ctx, parallel=parallel, kv_type=KvType(kv_type))
+    try:
+        settings, warnings = one_model_settings(rig, entry, Runtime(runtime), spec)
+    except ProfileFieldError as exc:  # the field is this command's option here
+        raise InputError(f"--kv-type {kv_type}: {exc.problem}", hint=exc.hint) from None
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     legacy = runtime == "ollama" and ollama.is_legacy_ollama(rig.host.runtimes.get("ollama"))
     result = fit_model(rig, spec, settings, legacy)
     if as_json:

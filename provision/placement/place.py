@@ -47,6 +47,19 @@ def settings_for(
     )
 
 
+def one_model_settings(
+    rig: Rig, entry: ModelEntry, runtime: Runtime, spec: ModelSpec
+) -> tuple[RunSettings, list[str]]:
+    """What `provision fit` runs one model with, by the rules `plan` uses for a profile of just
+    that model: flash attention only where the runtime enables it on these GPUs, the context
+    clamped to the trained length. (The warnings say where either applied.)"""
+    profile = Profile(runtime=runtime, models=(entry,))
+    warnings: list[str] = []
+    flash_ok = _flash_attention_ok(rig, profile, rig.host.runtimes.get("ollama"), warnings)
+    warnings += _context_warnings(profile, {entry.ref: spec})
+    return settings_for(entry, profile, flash_ok, spec.ctx_train), warnings
+
+
 def _pinned_rig(rig: Rig, entry: ModelEntry, at: str) -> Rig:
     if entry.gpus is None:
         return rig
