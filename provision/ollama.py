@@ -20,9 +20,11 @@ def version_tuple(version: str | None) -> tuple[int, ...] | None:
 
 
 def is_legacy_ollama(version: str | None) -> bool:
-    """Ollama up to 0.12 estimated memory itself; 0.30 and later hand GGUF models to llama.cpp."""
+    """Ollama before 0.30 placed layers itself (llm/memory.go up to 0.12.10, then the layout of
+    llm/server.go up to 0.25, both keeping 457 MiB per GPU); 0.30 and later hand GGUF models to
+    llama-server, which fits them."""
     parsed = version_tuple(version)
-    return parsed is not None and parsed[:2] <= (0, 12)
+    return parsed is not None and parsed[:2] < (0, 30)
 
 
 def model_name(ref: str, ctx_tokens: int, name: str | None = None) -> str:

@@ -15,8 +15,8 @@ from provision.placement.ollama_memory_estimate import (
     MINIMUM_MEMORY_BYTES,
     ModelSizes,
     SchedGpu,
-    create_gpu_layers,
     estimate_gpu_layers,
+    llama_cpp_layers,
     model_sizes,
     pick_best_full_fit,
     place_with_estimate,
@@ -130,18 +130,20 @@ def test_spread_takes_every_gpu_of_the_library(sizes: ModelSizes) -> None:
     assert pick_best_full_fit(gpus, sizes, spread=True) == [gpus[1], gpus[0]]
 
 
-def test_create_gpu_layers_gives_the_last_layers_in_split_order() -> None:
-    """createGPULayers: 6 layers (5 blocks + output), split 3/3, all offloaded."""
-    assert create_gpu_layers((3, 3), N_BLOCKS, 6) == [(0, 1, 2), (3, 4, 5)]
-    # num_gpu 4: the range starts at blocks - num_gpu, so blocks 1-4 and not the output
-    # (llama.cpp's own -ngl 4 would take blocks 2-4 and the output).
-    assert create_gpu_layers((2, 2), N_BLOCKS, 4) == [(1, 2), (3, 4)]
-
-
-def test_up_to_0_11_4_llama_cpp_splits_the_layers() -> None:
-    """The runner got --tensor-split and -ngl, and llama.cpp offloads the last layers."""
+def test_llama_cpp_offloads_the_last_layers_of_the_counts() -> None:
+    """The runner gets a count per GPU and their total, and llama.cpp offloads the last layers:
+    num_gpu 4 of 5 blocks + output is blocks 2-4 and the output (index 5)."""
     sizes = ModelSizes((4,) * N_BLOCKS, (LAYER_SIZE - 4,) * N_BLOCKS, OUTPUT, 1, 1)
     gpus = [SchedGpu("a", "CUDA", 2 * 1024 * MIB)]
-    placed = place_with_estimate(gpus, sizes, num_gpu=4, single_gpus_first=True)
-    assert placed.layers == ((2, 3, 4, 5),)
-    assert place_with_estimate(gpus, sizes, num_gpu=4).layers == ((1, 2, 3, 4),)
+    assert place_with_estimate(gpus, sizes, num_gpu=4).layers == ((2, 3, 4, 5),)
+    assert llama_cpp_layers((3, 3), N_BLOCKS, 6) == [(0, 1, 2), (3, 4, 5)]
+
+
+def test_up_to_0_11_4_a_model_too_big_for_one_gpu_takes_them_all(sizes: ModelSizes) -> None:
+    """server/sched.go (<= 0.11.4) tries each GPU alone, then the whole library; llm/memory.go
+    (0.11.5-0.12.10) tries the 1, 2, ... GPUs with most free: two of three here."""
+    room = MINIMUM_MEMORY_BYTES + GRAPH_PARTIAL + 4 * LAYER_SIZE
+    gpus = [SchedGpu(name, "CUDA", room + i) for i, name in enumerate("abc")]
+    assert [g.id for g in pick_best_full_fit(gpus, sizes) or []] == ["c", "b"]
+    old = pick_best_full_fit(gpus, sizes, single_gpus_first=True) or []
+    assert [g.id for g in old] == ["c", "b", "a"]

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from provision.cli.report import placement_text, placement_to_plain
 from provision.errors import InputError
 from provision.models.refs import resolve
 from provision.placement.decisions import Placement
 from provision.placement.fit import Verdict
 from provision.placement.place import place
 from provision.placement.profile import load_profile
+from provision.render.files import render
 from tests.helpers import load_named_rig, rig_file, run_provision
 
 
@@ -284,10 +286,54 @@ def test_the_pin_is_the_position_in_cuda_visible_devices_not_the_gpu_index() -> 
     assert visible[big.main_gpu] == rig.gpus[1].uuid
 
 
-def test_older_ollama_is_said_to_be_unmodelled_and_gets_no_pin() -> None:
+def test_older_ollama_follows_the_plan_where_its_own_estimate_agrees() -> None:
     plan = _with_ollama("synthetic-2x3090-x16-x8", "0.12.6")
-    assert all(m.main_gpu is None for m in plan.models)
-    assert all("not modelled" in m.ollama_reason for m in plan.models)
+    assert all(m.main_gpu is None and m.ollama_shares is None for m in plan.models)
+    big, small = plan.models
+    assert big.ollama_gpus == (0,) and small.ollama_gpus == (1,)
+    assert "Ollama will put all 65 layers (64 blocks + output) on GPU 0 (RTX 3090) as planned" in (
+        big.ollama_reason
+    )
+    assert "llm/memory.go estimate" in big.ollama_reason
+
+
+def test_older_ollama_puts_a_model_on_the_most_free_gpu_and_the_bars_show_it() -> None:
+    """Ollama 0.12.6 (llm/memory.go pickBestFullFitByLibrary) tries the GPUs most free first: the
+    RTX 3090 has more free memory than the 4090, so the 32B goes there and the 8B to the 4090.
+    No per-model setting moves it before 0.30, so the plan says so and draws Ollama's placement."""
+    plan = _with_ollama("synthetic-4090-3090", "0.12.6")
+    big, small = plan.models
+    assert big.gpu_indices == (0,) and big.ollama_gpus == (1,) and big.main_gpu is None
+    assert small.gpu_indices == (1,) and small.ollama_gpus == (0,)
+    assert big.ollama_shares is not None and big.ollama_shares[0].gpu.index == 1
+    assert "Ollama will put all 65 layers (64 blocks + output) on GPU 1 (RTX 3090)" in (
+        big.ollama_reason
+    )
+    assert "not as planned" in big.ollama_reason and "memory bars show Ollama's" in (
+        big.ollama_reason
+    )
+    desired = render(plan)
+    bars = placement_text(plan, desired).split("memory per GPU:")[1]
+    assert "where Ollama will put them, not the plan" in bars
+    gpu1 = next(line for line in bars.splitlines() if "GPU 1" in line)
+    assert "20.8 GiB" in gpu1  # the 32B, drawn where Ollama puts it
+    plain = placement_to_plain(plan, desired)["models"]
+    assert plain[0]["ollama_gpus"] == [1] and plain[0]["ollama_layers_per_gpu"] == [64]
+    assert plain[0]["gpus"] == [0]  # the plan's own placement is still reported
+
+
+def test_ollama_0_13_to_0_25_is_placed_by_the_layout() -> None:
+    """memory.go is gone from 0.12.11; LLAMA_ARG_FIT_TARGET means nothing before 0.30."""
+    plan = _with_ollama("synthetic-4090-3090", "0.20.4")
+    assert all("llm/server.go layout" in m.ollama_reason for m in plan.models)
+    assert "LLAMA_ARG_FIT_TARGET" not in _env(plan)
+
+
+def test_num_gpu_is_labelled_as_enforced(tmp_path: Path) -> None:
+    plan = _place("synthetic-1x4090", _profile(tmp_path, "models: [{ref: llama3.3:70b}]\n"))
+    (model,) = plan.models
+    assert model.fit.verdict == Verdict.PARTIAL_OFFLOAD and model.num_gpu is not None
+    assert f"PARAMETER num_gpu {model.num_gpu} enforces" in model.ollama_reason
 
 
 def test_one_visible_gpu_needs_no_lever(tmp_path: Path) -> None:

@@ -258,6 +258,11 @@ def placement_to_plain(placement: Placement, desired: DesiredState) -> dict[str,
                 "main_gpu": m.main_gpu,
                 "ollama_gpus": None if m.ollama_gpus is None else list(m.ollama_gpus),
                 "ollama_reason": m.ollama_reason or None,
+                "ollama_layers_per_gpu": (
+                    None
+                    if m.ollama_shares is None
+                    else [len(s.footprint.layers) for s in m.ollama_shares]
+                ),
                 "units": list(m.units),
                 "reason": m.fit.reason,
                 "suggestions": list(m.fit.suggestions),
@@ -288,7 +293,9 @@ def _gpu_bars(placement: Placement) -> list[str]:
     totals: dict[int, list[int]] = {g.index: [0, 0, 0, 0] for g in placement.rig.gpus}
     index_by_uuid = {g.uuid: g.index for g in placement.rig.gpus}
     for model in placement.models:
-        for share in model.fit.shares:
+        # Where Ollama will not follow the plan and nothing makes it, its placement is shown.
+        shares = model.ollama_shares if model.ollama_shares is not None else model.fit.shares
+        for share in shares:
             f = share.footprint
             # Replicas each hold the whole model on their own GPU.
             replicas = (
@@ -303,6 +310,9 @@ def _gpu_bars(placement: Placement) -> list[str]:
                 ):
                     totals[index][k] += value
     lines = [f"  {BAR_LEGEND}"]
+    theirs = [m.name for m in placement.models if m.ollama_shares is not None]
+    if theirs:
+        lines.append(f"  # {', '.join(theirs)}: where Ollama will put them, not the plan")
     for gpu in placement.rig.gpus:
         parts = totals[gpu.index]
         free = usable_free_bytes(gpu)

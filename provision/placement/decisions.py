@@ -9,7 +9,7 @@ from provision.hardware.rig import Rig
 from provision.models.estimate import RunSettings, Runtime
 from provision.models.spec import ModelSpec
 from provision.paths import NGINX_SITE
-from provision.placement.fit import FitResult, Verdict
+from provision.placement.fit import FitResult, GpuShare, Verdict
 from provision.placement.profile import ModelEntry, Profile
 
 
@@ -42,6 +42,9 @@ class ModelPlacement:
     ollama_gpus: tuple[int, ...] | None = None  # GPU indices Ollama will run it on
     main_gpu: int | None = None  # PARAMETER main_gpu: position in CUDA_VISIBLE_DEVICES
     ollama_reason: str = ""
+    # Where the installed Ollama puts the layers when it does not follow the plan and no lever
+    # makes it (before 0.30): what the memory bars show for this model.
+    ollama_shares: tuple[GpuShare, ...] | None = None
 
     @property
     def placed(self) -> bool:

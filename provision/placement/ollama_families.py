@@ -30,6 +30,7 @@ from provision.placement.ollama_layout import (
 )
 from provision.placement.ollama_memory_estimate import (
     graph_transcribed,
+    llama_cpp_layers,
     model_sizes,
     place_with_estimate,
 )
@@ -103,7 +104,7 @@ class OllamaLayers:
     family: Family
     gpu_layers: tuple[tuple[str, tuple[int, ...]], ...]
     evicts: bool  # it does not fit beside the models already loaded: Ollama unloads one first
-    sizes_from: str  # whose bytes the decision was made with, for the reason
+    sizes_note: str = ""  # where the bytes it decided on are not Ollama's own, why
 
 
 def legacy_layers(
@@ -123,7 +124,7 @@ def legacy_layers(
     # The KV type only applies with flash attention (llm/memory.go, llamaServer.Load).
     kv_type = settings.kv_type.value if settings.flash_attention else KvType.F16.value
     batch = num_batch or DEFAULT_NUM_BATCH
-    graph_note = "" if graph_transcribed(spec.architecture) else " (its graph approximated)"
+    graph_note = "" if graph_transcribed(spec.architecture) else "its graph size approximated"
     if which == Family.MEMORY_ESTIMATE:
         sizes = model_sizes(spec, settings.ctx_tokens, batch, parallel, kv_type)
         placed = place_with_estimate(
@@ -137,7 +138,7 @@ def legacy_layers(
         pairs = tuple(
             (g.id, layers) for g, layers in zip(placed.gpus, placed.layers, strict=True) if layers
         )
-        return OllamaLayers(which, pairs, placed.evicts, f"its own estimate{graph_note}")
+        return OllamaLayers(which, pairs, placed.evicts, graph_note)
     variant = layout_variant(parsed)
     if ollama_engine_required(spec.architecture, parsed):
         # Ollama's engine lays out what its runner reports; ours is the estimate of that.
@@ -147,16 +148,23 @@ def legacy_layers(
         ]
         layers.append(spec.output_bytes)
         graph = compute_bytes(spec, ours, holds_output=True)
-        room, sizes_from = list(gpus), "our estimate of what its runner reports"
+        room, note = list(gpus), "on our estimate of what its runner reports"
     else:
         sizes = model_sizes(spec, settings.ctx_tokens, batch, parallel, kv_type)
         room, layers, graph = llama_engine_layers(gpus, sizes)
-        sizes_from = f"its own estimate{graph_note}"
+        note = graph_note
     evicts = False
     try:
         laid = converge_layout(room, layers, graph, require_full, num_gpu, variant, spread)
     except RequireFullError:
         evicts = True
         laid = converge_layout(room, layers, graph, False, num_gpu, variant, spread)
-    pairs = tuple((g.gpu.id, g.layers) for g in laid if g.layers)
-    return OllamaLayers(which, pairs, evicts, sizes_from)
+    used = [g for g in laid if g.layers]
+    if not ollama_engine_required(spec.architecture, parsed):
+        # The llama.cpp runner gets only the count per GPU and splits them itself.
+        counts = [len(g.layers) for g in used]
+        split = llama_cpp_layers(counts, spec.n_layer, sum(counts))
+        return OllamaLayers(
+            which, tuple((g.gpu.id, s) for g, s in zip(used, split, strict=True)), evicts, note
+        )
+    return OllamaLayers(which, tuple((g.gpu.id, g.layers) for g in used), evicts, note)

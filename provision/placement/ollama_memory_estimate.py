@@ -287,35 +287,13 @@ def pick_best_partial_fit(
     return groups[best]
 
 
-def create_gpu_layers(
+def llama_cpp_layers(
     tensor_split: Sequence[int], n_layer: int, num_gpu: int
 ) -> list[tuple[int, ...]]:
-    """createGPULayers (llm/server.go, v0.11.5-v0.12.10): the layers each GPU gets from the
-    estimate's split, the last ones offloaded; index n_layer is the output layer. llama.cpp
-    splits --tensor-split the same way for the runner up to v0.11.4."""
-    layers: list[list[int]] = [[] for _ in tensor_split]
-    if num_gpu <= 0 or sum(tensor_split) <= 0:
-        return [tuple(x) for x in layers]
-    cumulative, running = [], 0.0
-    for count in tensor_split:
-        running = float32(running + count)
-        cumulative.append(running)
-    cumulative = [float32(c / running) for c in cumulative]
-    start = max(0, n_layer - num_gpu)
-    stop = min(start + num_gpu, n_layer + 1)
-    for i in range(start, stop):
-        position = float32(float32(i - start) / float32(stop - start))
-        index = next((d for d, c in enumerate(cumulative) if position < c), -1)
-        if index >= 0:
-            layers[index].append(i)
-    return [tuple(x) for x in layers]
-
-
-def _llama_cpp_layers(
-    tensor_split: Sequence[int], n_layer: int, num_gpu: int
-) -> list[tuple[int, ...]]:
-    """Up to v0.11.4 the runner got --tensor-split and --n-gpu-layers, and llama.cpp split them
-    (provision.models.estimate.assign_layers models its load_tensors)."""
+    """The layers llama.cpp's runner offloads for a count per GPU: Ollama hands it the counts
+    and their total (--tensor-split and --n-gpu-layers up to v0.11.4; runner/llamarunner turns
+    GPULayers back into the two after), and llama.cpp offloads the last layers in proportion
+    (provision.models.estimate.assign_layers models its load_tensors). Index n_layer: output."""
     if num_gpu <= 0 or sum(tensor_split) <= 0:
         return [() for _ in tensor_split]
     blocks, output_device = assign_layers(n_layer, [float(c) for c in tensor_split], num_gpu)
@@ -348,9 +326,5 @@ def place_with_estimate(
         chosen = pick_best_partial_fit(gpus, sizes, num_gpu)
     estimate = estimate_gpu_layers(chosen, sizes, num_gpu)
     offload = estimate.layers if num_gpu < 0 else num_gpu
-    split = estimate.tensor_split or (0,) * len(chosen)
-    if single_gpus_first:
-        layers = _llama_cpp_layers(split, sizes.n_layer, offload)
-    else:
-        layers = create_gpu_layers(split, sizes.n_layer, offload)
+    layers = llama_cpp_layers(estimate.tensor_split or (0,) * len(chosen), sizes.n_layer, offload)
     return LegacyPlacement(tuple(chosen), tuple(layers), estimate, evicts)
