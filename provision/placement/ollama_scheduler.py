@@ -6,8 +6,8 @@ read from its source at v0.32.15 / v0.33.0-rc2, where these functions are unchan
 v0.30.0. Names follow Ollama's so the two can be read side by side; tests/test_ollama_scheduler.py
 replays Ollama's own test cases against them.
 
-Not modelled here (see the closing notes): the <= 0.12 estimator (llm/memory.go) and the
-0.11.5-0.25 layout loop (llm/server.go), which the plan covers with its legacy estimate only.
+The older families are modelled next to it: llm/memory.go in ollama_memory_estimate, the
+0.11.5-0.25 layout of llm/server.go in ollama_layout, and ollama_families says which applies.
 """
 
 from __future__ import annotations
