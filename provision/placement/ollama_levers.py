@@ -113,7 +113,8 @@ def _legacy_view(
         return replace(p, ollama_gpus=gpus, ollama_reason=why)
     why = (
         f"Ollama will put {where} ({basis}), not as planned: before 0.30 no per-model setting "
-        "chooses Ollama's GPUs (main_gpu does not), so the memory bars show Ollama's placement"
+        "chooses Ollama's GPUs (from 0.30 PARAMETER main_gpu does), so the memory bars show "
+        "Ollama's placement"
         f"{enforced}{evicts}"
     )
     return replace(p, ollama_gpus=gpus, ollama_reason=why, ollama_shares=shares)

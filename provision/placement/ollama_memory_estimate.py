@@ -304,9 +304,9 @@ def llama_cpp_layers(
 class LegacyPlacement:
     """Where this estimate puts a model: GPU ids with the layers each holds."""
 
-    gpus: tuple[SchedGpu, ...]
+    gpus: tuple[SchedGpu, ...]  # in the runner's device order
     layers: tuple[tuple[int, ...], ...]  # per GPU; index n_layer is the output layer
-    estimate: MemoryEstimate
+    estimate: MemoryEstimate  # its tensor_split in Ollama's order of the chosen GPUs
     evicts: bool  # requireFull and no full fit: Ollama unloads another model first
 
 
@@ -326,5 +326,11 @@ def place_with_estimate(
         chosen = pick_best_partial_fit(gpus, sizes, num_gpu)
     estimate = estimate_gpu_layers(chosen, sizes, num_gpu)
     offload = estimate.layers if num_gpu < 0 else num_gpu
-    layers = llama_cpp_layers(estimate.tensor_split or (0,) * len(chosen), sizes.n_layer, offload)
-    return LegacyPlacement(tuple(chosen), tuple(layers), estimate, evicts)
+    counts = list(zip(chosen, estimate.tensor_split or (0,) * len(chosen), strict=True))
+    if not single_gpus_first:
+        # From v0.11.5 the runner sees every GPU in Ollama's order and indexes the split by it
+        # (runner/llamarunner, EnumerateGPUs); before, it saw only the chosen ones, in turn.
+        counts.sort(key=lambda pair: [g.id for g in gpus].index(pair[0].id))
+    ordered = tuple(g for g, _ in counts)
+    layers = llama_cpp_layers([c for _, c in counts], sizes.n_layer, offload)
+    return LegacyPlacement(ordered, tuple(layers), estimate, evicts)
