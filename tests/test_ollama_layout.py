@@ -13,6 +13,7 @@ import pytest
 from provision.placement.ollama_layout import (
     LayoutVariant,
     RequireFullError,
+    converge_layout,
     create_layout,
     layout_variant,
 )
@@ -147,3 +148,15 @@ def test_llm_server_fit_gpu_v0_12_10(
 )
 def test_layout_variant_by_version(version: tuple[int, ...], variant: LayoutVariant) -> None:
     assert layout_variant(version) == variant
+
+
+def test_the_graph_placed_on_a_gpu_can_pull_in_another() -> None:
+    """llamaServer.Load (v0.12.11+): the first layout ignores the graph; once it is reserved on
+    the GPU used, the layers no longer fit there and a second GPU joins, then both keep it."""
+    gpus = [_gpu("gpu0", 300 * MIB + MIN), _gpu("gpu1", 300 * MIB + MIN)]
+    layers = [90 * MIB] * 3
+    first = create_layout(gpus, layers, {}, False, -1, LayoutVariant.V0_12_11)
+    assert [g.gpu.id for g in first if g.layers] == ["gpu0"]
+    laid = converge_layout(gpus, layers, 100 * MIB, False, -1, LayoutVariant.V0_12_11)
+    # The last GPU in free-memory order (ties keep their order) takes the last layers.
+    assert [(g.gpu.id, list(g.layers)) for g in laid] == [("gpu0", [0]), ("gpu1", [1, 2])]
