@@ -89,6 +89,10 @@ def test_asymmetric_split_on_new_ollama_gets_an_explicit_tensor_split(tmp_path: 
         env = _env(plan)
         assert env["LLAMA_ARG_FIT_TARGET"] == "512"
         assert len(env["LLAMA_ARG_TENSOR_SPLIT"].split(",")) == 2
+        # The plan's layer counts are what Ollama runs, and it says so.
+        assert f"LLAMA_ARG_TENSOR_SPLIT={env['LLAMA_ARG_TENSOR_SPLIT']} enforces" in (
+            model.ollama_reason
+        )
     else:
         pytest.fail(f"expected a split, got {model.fit.verdict}")
 

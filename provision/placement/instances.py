@@ -135,6 +135,7 @@ def _ollama_single(
     reasons.append(why)
     if spread:
         env.append(("OLLAMA_SCHED_SPREAD", "1"))
+    tensor_split = None
     if not ollama.is_legacy_ollama(version):
         fit_target, why = _fit_target(gpus)
         env.append(("LLAMA_ARG_FIT_TARGET", fit_target))
@@ -155,6 +156,12 @@ def _ollama_single(
     )
     served = [replace(p, units=(paths.OLLAMA_UNIT,) if p.placed else ()) for p in placements]
     models = with_ollama_view(gpus, served, spread, version, all_resident)
+    if tensor_split:
+        enforced = f"; LLAMA_ARG_TENSOR_SPLIT={tensor_split} enforces the plan's layers per GPU"
+        models = tuple(
+            replace(m, ollama_reason=m.ollama_reason + enforced) if m.name == split[0].name else m
+            for m in models
+        )
     return Layout((instance,), models, None, warnings)
 
 
