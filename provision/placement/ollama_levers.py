@@ -59,11 +59,7 @@ def with_ollama_view(
             view = _legacy_view(visible, p, spread, held, version, all_resident and not first)
         else:
             view = _view(visible, p, spread, held)
-            if p.num_gpu is not None:
-                enforced = (
-                    f"; PARAMETER num_gpu {p.num_gpu} enforces {p.num_gpu} layers on the GPUs"
-                )
-                view = replace(view, ollama_reason=view.ollama_reason + enforced)
+            view = replace(view, ollama_reason=view.ollama_reason + _enforced(p))
         viewed[i], first = view, False
         if all_resident:  # else OLLAMA_MAX_LOADED_MODELS=1: each model loads onto emptied GPUs
             shares = view.ollama_shares if view.ollama_shares is not None else p.fit.shares
@@ -94,15 +90,11 @@ def _legacy_view(
     by_uuid = {g.uuid: g for g in visible}
     shares = _shares(p, [(by_uuid[uuid], layers) for uuid, layers in ollama.gpu_layers])
     gpus = tuple(s.gpu.index for s in shares)
-    where = _layers_text(visible, shares, p.spec.n_layer)
+    where = _layers_text(shares, p.spec.n_layer)
     basis = f"by Ollama {version}'s {ollama.family}" + (
         f", {ollama.sizes_note}" if ollama.sizes_note else ""
     )
-    enforced = (
-        f"; PARAMETER num_gpu {p.num_gpu} enforces {p.num_gpu} layers on the GPUs"
-        if p.num_gpu is not None
-        else ""
-    )
+    enforced = _enforced(p)
     evicts = (
         "; it does not fit whole beside the models loaded before it, so Ollama unloads them first"
         if ollama.evicts
@@ -118,6 +110,13 @@ def _legacy_view(
         f"{enforced}{evicts}"
     )
     return replace(p, ollama_gpus=gpus, ollama_reason=why, ollama_shares=shares)
+
+
+def _enforced(p: ModelPlacement) -> str:
+    """The layer count the Modelfile makes Ollama follow, whatever its own estimate says."""
+    if p.num_gpu is None:
+        return ""
+    return f"; PARAMETER num_gpu {p.num_gpu} enforces {p.num_gpu} layers on the GPUs"
 
 
 def _shares(
@@ -147,7 +146,7 @@ def _layer_sets(shares: Sequence[GpuShare]) -> dict[int, tuple[tuple[int, ...], 
     return {s.gpu.index: (s.footprint.layers, s.footprint.holds_output) for s in shares}
 
 
-def _layers_text(visible: Sequence[Gpu], shares: Sequence[GpuShare], n_layer: int) -> str:
+def _layers_text(shares: Sequence[GpuShare], n_layer: int) -> str:
     """Ollama's count: the blocks and the output layer, n_layer + 1 in all."""
     total = n_layer + 1
     counts = [(s.gpu, len(s.footprint.layers) + s.footprint.holds_output) for s in shares]
