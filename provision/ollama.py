@@ -27,16 +27,26 @@ def is_legacy_ollama(version: str | None) -> bool:
     return parsed is not None and parsed[:2] < (0, 30)
 
 
-def model_name(ref: str, ctx_tokens: int, name: str | None = None) -> str:
-    """The model `ollama create` makes: `<model>:<tag>-ctx<N>` unless the profile names it."""
+# The tag suffix of the models provision creates. Not the registry name itself: Ollama's create
+# merges the FROM model's parameters into the new ones (server/create.go, setParameters), so
+# `ollama create qwen2.5:32b` FROM qwen2.5:32b would keep a stale num_gpu or main_gpu from our
+# previous create, and a later `ollama pull` would silently drop ours.
+CREATED_SUFFIX = "provision"
+
+
+def model_name(ref: str, name: str | None = None) -> str:
+    """The model `ollama create` makes: `<model>:<tag>-provision` unless the profile names it.
+
+    Stable: ctx, parallel and the GPU pins live in the Modelfile, never in the name, so the name
+    clients call survives a change of any of them."""
     if name:
         return name
     if ref.endswith(".gguf"):
         stem = re.sub(r"[^a-z0-9._-]+", "-", ref.rsplit("/", 1)[-1].removesuffix(".gguf").lower())
-        return f"{stem}:ctx{ctx_tokens}"
+        return f"{stem}:{CREATED_SUFFIX}"
     # A catalog ref's `@quant` is ours, not Ollama's: '@' starts a digest in an Ollama name.
     model, _, tag = ref.replace("@", "-").partition(":")
-    return f"{model}:{tag or 'latest'}-ctx{ctx_tokens}"
+    return f"{model}:{tag or 'latest'}-{CREATED_SUFFIX}"
 
 
 def normalize_model(name: str) -> str:

@@ -33,7 +33,7 @@ def test_plan_human_output_shows_decisions_bars_and_files() -> None:
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "profile ollama-auto" in out and "traits:" in out
-    assert "llama3.1:8b -> llama3.1:8b-ctx8192: single-gpu on GPU" in out
+    assert "llama3.1:8b -> llama3.1:8b-provision: single-gpu on GPU" in out
     assert "kept on one GPU because splitting a model that fits only adds" in out
     bars = [line for line in out.splitlines() if line.startswith("  GPU ") and "[" in line]
     assert len(bars) == 2

@@ -171,18 +171,23 @@ def test_catalog_sliding_window_models() -> None:
 @pytest.mark.parametrize(
     ("ref", "registry", "created"),
     [
-        ("llama3.1:8b@q8_0", "llama3.1:8b-instruct-q8_0", "llama3.1:8b-q8_0-ctx8192"),
-        ("llama3.1:8b@Q4_K_M", "llama3.1:8b-instruct-q4_K_M", "llama3.1:8b-Q4_K_M-ctx8192"),
-        ("llama3.1:8b", "llama3.1:8b", "llama3.1:8b-ctx8192"),
+        ("llama3.1:8b@q8_0", "llama3.1:8b-instruct-q8_0", "llama3.1:8b-q8_0-provision"),
+        ("llama3.1:8b@Q4_K_M", "llama3.1:8b-instruct-q4_K_M", "llama3.1:8b-Q4_K_M-provision"),
+        ("llama3.1:8b", "llama3.1:8b", "llama3.1:8b-provision"),
+        ("llama3.1", "llama3.1", "llama3.1:latest-provision"),
         ("llama3.1:8b-instruct-q8_0", "llama3.1:8b-instruct-q8_0",
-         "llama3.1:8b-instruct-q8_0-ctx8192"),
-        ("/srv/m.gguf", "/srv/m.gguf", "m:ctx8192"),
+         "llama3.1:8b-instruct-q8_0-provision"),
+        ("/srv/m.gguf", "/srv/m.gguf", "m:provision"),
+        ("/srv/llama3.1.gguf", "/srv/llama3.1.gguf", "llama3.1:provision"),
     ],
 )  # fmt: skip
 def test_quant_refs_become_names_ollama_accepts(ref: str, registry: str, created: str) -> None:
-    """'@' starts a digest in an Ollama name: neither FROM nor the created name may have one."""
+    """'@' starts a digest in an Ollama name: neither FROM nor the created name may have one;
+    and the created name is never the FROM model's own (Ollama's create would merge our last
+    parameters into the new ones)."""
     from provision import ollama
     from provision.models import catalog
 
     assert catalog.ollama_ref(ref) == registry
-    assert ollama.model_name(ref, 8192) == created and "@" not in created
+    assert ollama.model_name(ref) == created and "@" not in created
+    assert ollama.normalize_model(created) != ollama.normalize_model(registry)

@@ -104,19 +104,41 @@ def test_power_unit_orders_before_replicas(tmp_path: Path) -> None:
 def test_models_are_created_from_their_modelfiles() -> None:
     desired = _desired("ollama-auto")
     assert [(m.name, m.base) for m in desired.models] == [
-        ("qwen2.5:32b-ctx8192", "qwen2.5:32b"),
-        ("llama3.1:8b-ctx8192", "llama3.1:8b"),
+        ("qwen2.5:32b-provision", "qwen2.5:32b"),
+        ("llama3.1:8b-provision", "llama3.1:8b"),
     ]
     for model in desired.models:
         text = _file(desired, model.modelfile_path)
         assert f"\nFROM {model.base}\nPARAMETER num_ctx 8192\n" in text
 
 
+def test_the_name_clients_call_survives_a_ctx_or_parallel_change(tmp_path: Path) -> None:
+    """ctx and parallel live in the Modelfile and the unit, never in the model's name."""
+    names = []
+    for ctx, parallel in ((8192, 1), (16384, 1), (8192, 4)):
+        profile = tmp_path / f"p-{ctx}-{parallel}.yaml"
+        profile.write_text(f"models: [{{ref: llama3.1:8b, ctx: {ctx}, parallel: {parallel}}}]\n")
+        desired = desired_state(TWO_3090, str(profile), ENVIRON)[1]
+        (model,) = desired.models
+        names.append((model.name, model.modelfile_path))
+        assert f"\nPARAMETER num_ctx {ctx}\n" in _file(desired, model.modelfile_path)
+    assert set(names) == {
+        ("llama3.1:8b-provision", "/etc/provision/modelfiles/llama3.1-8b-provision.Modelfile")
+    }
+
+
+def test_an_explicit_name_is_kept(tmp_path: Path) -> None:
+    profile = tmp_path / "named.yaml"
+    profile.write_text("models: [{ref: llama3.1:8b, ctx: 4096, name: chat}]\n")
+    (model,) = desired_state(TWO_3090, str(profile), ENVIRON)[1].models
+    assert (model.name, model.base) == ("chat", "llama3.1:8b")
+
+
 def test_partial_offload_sets_num_gpu() -> None:
     # The nulls rig reports no compute capability, so Ollama runs without flash attention there
     # and the larger compute buffer leaves room for 31 layers (33 when FA was assumed).
     desired = _desired("ollama-auto", "synthetic-nulls")
-    text = _file(desired, "/etc/provision/modelfiles/qwen2.5-32b-ctx8192.Modelfile")
+    text = _file(desired, "/etc/provision/modelfiles/qwen2.5-32b-provision.Modelfile")
     assert "\nPARAMETER num_gpu 31\n" in text
 
 

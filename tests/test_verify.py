@@ -26,7 +26,7 @@ from provision.verify.environment import (
 from tests.helpers import REPO_ROOT, load_named_rig, rig_file, run_provision
 
 STOCK_ROOT = REPO_ROOT / "tests/data/stock-root"
-MODELFILE_8B = "/etc/provision/modelfiles/llama3.1-8b-ctx8192.Modelfile"
+MODELFILE_8B = "/etc/provision/modelfiles/llama3.1-8b-provision.Modelfile"
 DROPIN = "/etc/systemd/system/ollama.service.d/50-provision.conf"
 
 
@@ -55,7 +55,7 @@ def test_replica_checks_from_the_manifest() -> None:
         "ollama:127.0.0.1:11435",
         "ollama:127.0.0.1:11436",
         "nginx:127.0.0.1:11434",
-        "model:llama3.1:8b-ctx8192",
+        "model:llama3.1:8b-provision",
     ]
     by_id = {c.id: c for c in checks}
     assert by_id["unit:ollama.service"].expect == {
@@ -66,7 +66,7 @@ def test_replica_checks_from_the_manifest() -> None:
     assert by_id["env:ollama@1.service"].expect["sources"] == [
         "/etc/systemd/system/ollama@.service"
     ]
-    assert by_id["model:llama3.1:8b-ctx8192"].expect["address"] == "http://127.0.0.1:11434"
+    assert by_id["model:llama3.1:8b-provision"].expect["address"] == "http://127.0.0.1:11434"
     assert by_id["nginx:127.0.0.1:11434"].expect["upstreams"] == [
         "127.0.0.1:11435",
         "127.0.0.1:11436",
@@ -233,7 +233,7 @@ def test_verify_an_offline_root(applied_root: Path) -> None:
     (applied_root / "etc/systemd/system/multi-user.target.wants/gpu-power-limits.service").unlink()
     with (applied_root / DROPIN.lstrip("/")).open("a") as dropin:
         dropin.write("Environment=EXTRA=1\n")
-    modelfile_32b = applied_root / "etc/provision/modelfiles/qwen2.5-32b-ctx8192.Modelfile"
+    modelfile_32b = applied_root / "etc/provision/modelfiles/qwen2.5-32b-provision.Modelfile"
     modelfile_32b.unlink()
     modelfile_32b.symlink_to(applied_root / MODELFILE_8B.lstrip("/"))
     result = run_provision("verify", "--root", str(applied_root), "--json")
@@ -242,12 +242,12 @@ def test_verify_an_offline_root(applied_root: Path) -> None:
     failed = {c["id"]: c["detail"] for c in report["checks"] if not c["ok"]}
     assert failed.keys() == {
         f"file:{MODELFILE_8B}",
-        "file:/etc/provision/modelfiles/qwen2.5-32b-ctx8192.Modelfile",
+        "file:/etc/provision/modelfiles/qwen2.5-32b-provision.Modelfile",
         f"file:{DROPIN}",
         "unit:gpu-power-limits.service",
     }
     assert failed[f"file:{MODELFILE_8B}"] == "mode 0600, applied 0644"
-    assert failed["file:/etc/provision/modelfiles/qwen2.5-32b-ctx8192.Modelfile"] == (
+    assert failed["file:/etc/provision/modelfiles/qwen2.5-32b-provision.Modelfile"] == (
         "is a symbolic link, not a regular file: apply never writes through one"
     )
     assert failed["unit:gpu-power-limits.service"] == "disabled, wanted enabled"

@@ -292,7 +292,7 @@ def _model_placement(
         # num_gpu counts offloaded layers in total, the output head included (not per GPU).
         num_gpu = sum(len(s.footprint.layers) + s.footprint.holds_output for s in fit.shares)
     if profile.runtime == Runtime.OLLAMA:
-        name = ollama.model_name(entry.ref, entry.ctx, entry.name)
+        name = ollama.model_name(entry.ref, entry.name)
         modelfile = paths.modelfile_path(name)
     else:
         name, modelfile = entry.name or entry.ref, None

@@ -42,7 +42,7 @@ class ModelEntry:
     keep_alive: str = "5m"
     num_batch: int | None = None
     gpus: tuple[int, ...] | None = None  # pin to these GPU indices
-    name: str | None = None  # the Ollama model to create; default derived from ref and ctx
+    name: str | None = None  # the model clients call; default `<ref>-provision`, whatever ctx
     path: str | None = None  # GGUF file the runtime loads (llama-server)
 
 

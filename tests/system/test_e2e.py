@@ -37,8 +37,8 @@ GPU0_3090 = "GPU-3b6f2c1e-8d4a-4f1b-9c2e-5a7d9e1f0a01"
 GPU1_3090 = "GPU-7c1d9a4b-2e6f-4a8c-b1d3-9f0e2c4a6b02"
 
 DROPIN = "/etc/systemd/system/ollama.service.d/50-provision.conf"
-MODELFILE_8B = "/etc/provision/modelfiles/llama3.1-8b-ctx8192.Modelfile"
-MODELFILE_32B = "/etc/provision/modelfiles/qwen2.5-32b-ctx8192.Modelfile"
+MODELFILE_8B = "/etc/provision/modelfiles/llama3.1-8b-provision.Modelfile"
+MODELFILE_32B = "/etc/provision/modelfiles/qwen2.5-32b-provision.Modelfile"
 NGINX_SITE = "/etc/nginx/conf.d/provision-ollama.conf"
 POWER_UNIT_FILE = "/etc/systemd/system/gpu-power-limits.service"
 
@@ -51,8 +51,8 @@ AUTO_CHECKS = {
     "port:127.0.0.1:11434",
     "env:ollama.service",
     "ollama:127.0.0.1:11434",
-    "model:qwen2.5:32b-ctx8192",
-    "model:llama3.1:8b-ctx8192",
+    "model:qwen2.5:32b-provision",
+    "model:llama3.1:8b-provision",
 }
 REPLICA_CHECKS = {
     f"file:{NGINX_SITE}",
@@ -72,7 +72,7 @@ REPLICA_CHECKS = {
     "nginx:127.0.0.1:11434",
     "ollama:127.0.0.1:11435",
     "ollama:127.0.0.1:11436",
-    "model:llama3.1:8b-ctx8192",
+    "model:llama3.1:8b-provision",
 }
 POWER_CHECKS = AUTO_CHECKS | {
     f"file:{POWER_UNIT_FILE}",
@@ -286,8 +286,8 @@ def test_power_capped_on_2x3090(make_box: Callable[[str, str], Box]) -> None:
         "port:127.0.0.1:11434",
         "env:ollama.service",
         "ollama:127.0.0.1:11434",
-        "model:qwen2.5:32b-ctx8192",
-        "model:llama3.1:8b-ctx8192",
+        "model:qwen2.5:32b-provision",
+        "model:llama3.1:8b-provision",
     }
     assert failures(report)[f"power:{GPU0_3090}"] == "power limit 350 W, planned 300 W"
 
@@ -356,8 +356,8 @@ def test_failed_rollback_is_caught_by_verify(make_box: Callable[[str, str], Box]
         "port:127.0.0.1:11434",
         "env:ollama.service",
         "ollama:127.0.0.1:11434",
-        "model:qwen2.5:32b-ctx8192",
-        "model:llama3.1:8b-ctx8192",
+        "model:qwen2.5:32b-provision",
+        "model:llama3.1:8b-provision",
     }  # every file was restored: only the service is down
     assert "auto-restart" in failures(report)["unit:ollama.service"]
 
