@@ -308,12 +308,68 @@ def test_models_are_created_only_when_missing_or_their_modelfile_changed() -> No
     desired = state_a()
     observed = applied(desired, live=True, ollama_models=frozenset({"llama3.1:8b"}))
     plan = make_plan(desired, observed)
-    assert kinds(plan) == [("create-model", "llama3.1:8b-ctx")]
+    # The manifest then records it as provision's own: it was absent before the create.
+    assert kinds(plan) == [("create-model", "llama3.1:8b-ctx"), ("write-manifest", MANIFEST_PATH)]
     assert plan.actions[0].reason == "missing" and plan.actions[0].source == MODELFILE
+    assert plan.manifest["created_models"] == ["llama3.1:8b-ctx"]
     plan = make_plan(desired, replace(observed, ollama_models=frozenset()))
-    assert kinds(plan) == [("pull-model", "llama3.1:8b"), ("create-model", "llama3.1:8b-ctx")]
+    assert kinds(plan)[:2] == [("pull-model", "llama3.1:8b"), ("create-model", "llama3.1:8b-ctx")]
     plan = make_plan(desired, replace(observed, ollama_models=None))
     assert "not reachable" in plan.actions[0].reason
+
+
+def renamed(desired: DesiredState, name: str) -> DesiredState:
+    """`desired` with its one model under another name (as a ctx-named one became stable)."""
+    (model,) = desired.models
+    return replace(desired, models=(replace(model, name=name),))
+
+
+def test_a_model_provision_created_and_no_longer_wants_is_removed_after_the_new_one() -> None:
+    old, new = state_a(), renamed(state_a(), "llama3.1:8b-provision")
+    have = frozenset({"llama3.1:8b", "llama3.1:8b-ctx", "mine:latest"})
+    manifest = build_manifest(old, created={"llama3.1:8b-ctx"})
+    plan = make_plan(new, applied(old, live=True, ollama_models=have, manifest=manifest))
+    models = [k for k in kinds(plan) if k[0].endswith("-model")]
+    assert models == [
+        ("create-model", "llama3.1:8b-provision"),
+        ("remove-model", "llama3.1:8b-ctx"),
+    ]
+    assert plan.manifest["created_models"] == ["llama3.1:8b-provision"]
+    # Once gone, it is not asked for again.
+    have = frozenset({"llama3.1:8b", "llama3.1:8b-provision", "mine:latest"})
+    again = make_plan(new, applied(new, live=True, ollama_models=have, manifest=plan.manifest))
+    assert again.in_sync, kinds(again)
+
+
+def test_a_model_provision_did_not_create_is_never_removed() -> None:
+    old, new = state_a(), renamed(state_a(), "llama3.1:8b-provision")
+    have = frozenset({"llama3.1:8b", "llama3.1:8b-ctx", "llama3.1:8b-provision"})
+    # The old name existed before provision's create (the user's own): never recorded as ours.
+    plan = make_plan(old, applied(old, live=True, ollama_models=have))
+    assert plan.in_sync and plan.manifest["created_models"] == []
+    plan = make_plan(new, applied(old, live=True, ollama_models=have))
+    assert ("remove-model", "llama3.1:8b-ctx") not in kinds(plan)
+    assert plan.manifest["created_models"] == []  # the new name existed too: created over
+
+
+def test_offline_a_removal_is_listed_as_skipped_and_kept_for_the_next_live_apply() -> None:
+    old, new = state_a(), renamed(state_a(), "llama3.1:8b-provision")
+    manifest = build_manifest(old, created={"llama3.1:8b-ctx"})
+    plan = make_plan(new, applied(old, manifest=manifest))
+    (removal,) = [a for a in plan.actions if a.kind is ActionKind.REMOVE_MODEL]
+    assert removal.target == "llama3.1:8b-ctx" and removal.skipped_offline
+    assert plan.manifest["created_models"] == ["llama3.1:8b-ctx"]
+    # Live with the API down: nothing is removed blindly, and it stays recorded.
+    down = make_plan(new, applied(old, live=True, ollama_models=None, manifest=manifest))
+    assert ("remove-model", "llama3.1:8b-ctx") not in kinds(down)
+    assert down.manifest["created_models"] == ["llama3.1:8b-ctx"]
+
+
+def test_a_manifest_from_before_created_models_counts_its_models_as_created() -> None:
+    old, new = state_a(), renamed(state_a(), "llama3.1:8b-provision")
+    manifest = {k: v for k, v in build_manifest(old).items() if k != "created_models"}
+    plan = make_plan(new, applied(old, live=True, manifest=manifest))
+    assert ("remove-model", "llama3.1:8b-ctx") in kinds(plan)
 
 
 def test_units_that_do_not_exist_or_are_masked_are_refused() -> None:

@@ -26,6 +26,7 @@ class ActionKind(StrEnum):
     RELOAD = "reload"
     PULL_MODEL = "pull-model"
     CREATE_MODEL = "create-model"
+    REMOVE_MODEL = "remove-model"
     WRITE_MANIFEST = "write-manifest"
     NOOP = "no-op"
 
@@ -40,6 +41,7 @@ LIVE_ONLY = frozenset(
         ActionKind.RELOAD,
         ActionKind.PULL_MODEL,
         ActionKind.CREATE_MODEL,
+        ActionKind.REMOVE_MODEL,
     }
 )
 

@@ -181,7 +181,7 @@ def _perform(
         _command(["/bin/sh", AMDGPU_POWER_SCRIPT, action.source, watts])
     elif kind is ActionKind.SET_POWER:
         _command(["nvidia-smi", "-i", target, "-pl", f"{action.watts:g}"])
-    elif kind in (ActionKind.PULL_MODEL, ActionKind.CREATE_MODEL):
+    elif kind in (ActionKind.PULL_MODEL, ActionKind.CREATE_MODEL, ActionKind.REMOVE_MODEL):
         _command(_ollama(units, kind, target, action.source), PULL_TIMEOUT_S)
     else:
         raise AssertionError(f"no way to perform {kind}")
@@ -202,11 +202,11 @@ def _ollama(
     # The CLI talks to OLLAMA_HOST; a rendered instance may listen elsewhere than the default.
     address = ollama_address(units.values())
     argv = ["env", f"OLLAMA_HOST={address[0]}:{address[1]}", "ollama"]
-    return (
-        [*argv, "pull", name]
-        if kind is ActionKind.PULL_MODEL
-        else [*argv, "create", name, "-f", modelfile]
-    )
+    if kind is ActionKind.PULL_MODEL:
+        return [*argv, "pull", name]
+    if kind is ActionKind.REMOVE_MODEL:
+        return [*argv, "rm", name]  # unloads it, then DELETE /api/delete (cmd/cmd.go)
+    return [*argv, "create", name, "-f", modelfile]
 
 
 def _write_manifest(host: Host, plan: Plan, stamp: str) -> None:

@@ -6,10 +6,11 @@ Pure. Written last by apply, at /var/lib/provision/manifest.json, with sorted ke
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from provision.desired import DesiredFile, DesiredModel, DesiredState, DesiredUnit
+from provision.ollama import normalize_model
 
 MANIFEST_SCHEMA = 1
 
@@ -23,9 +24,13 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def build_manifest(desired: DesiredState) -> dict[str, Any]:
-    """What the last completed apply established; `verify` and the next plan read it."""
+def build_manifest(desired: DesiredState, created: Iterable[str] = ()) -> dict[str, Any]:
+    """What the last completed apply established; `verify` and the next plan read it.
+
+    `created`: the Ollama models provision created (absent before its `ollama create`) that may
+    still exist; only these are ever removed."""
     return {
+        "created_models": sorted(set(created)),
         "schema": MANIFEST_SCHEMA,
         "profile_digest": desired.profile_digest,
         "rig_digest": desired.rig_digest,
@@ -83,6 +88,21 @@ def _manifest_model(model: DesiredModel, desired: DesiredState) -> dict[str, Any
         "modelfile_path": model.modelfile_path,
         "modelfile_sha256": digest,
     }
+
+
+def created_models(manifest: Mapping[str, Any] | None) -> frozenset[str]:
+    """The Ollama models the manifest says provision created, as normalized names.
+
+    A manifest from before `created_models` existed: its `models`, which that version created on
+    its first apply (their Modelfiles were new, so each got an `ollama create`)."""
+    if not manifest:
+        return frozenset()
+    recorded = manifest.get("created_models")
+    if recorded is None:
+        recorded = [m.get("name") for m in manifest.get("models", ()) if isinstance(m, Mapping)]
+    if not isinstance(recorded, list):
+        return frozenset()
+    return frozenset(normalize_model(n) for n in recorded if isinstance(n, str) and n)
 
 
 def comparable(manifest: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -3,7 +3,8 @@
 `diff` prints a Plan and `apply` executes the very same object, so a dry run cannot disagree with
 a real run. The observations are plain data filled in by provision.change.host; nothing here touches
 the host. Order of a plan: stop and disable what is no longer wanted, write and remove files, one
-daemon-reload, enable, power limits, restarts, reloads, models, and the manifest last.
+daemon-reload, enable, power limits, restarts, reloads, models (created, then the ones provision
+created and no longer wants removed), and the manifest last.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from provision.change.actions import (
     Plan,
     Section,
 )
-from provision.change.manifest import build_manifest, comparable, encode, sha256
+from provision.change.manifest import build_manifest, comparable, created_models, encode, sha256
 from provision.desired import MANAGED_HEADER, DesiredFile, DesiredState, DesiredUnit
 from provision.ollama import is_registry_model, normalize_model
 from provision.paths import (
@@ -67,9 +68,11 @@ def make_plan(desired: DesiredState, observed: Observed) -> Plan:
         _plan_enable(desired, observed),
         _plan_power(desired, observed),
         _plan_restarts(desired, observed, dirty, previous),
-        _plan_models(desired, observed, dirty),
     ]
-    manifest = build_manifest(desired)
+    models, created = _plan_models(desired, observed, dirty)
+    removals, kept = _plan_model_removals(desired, observed)
+    sections += [models, removals]
+    manifest = build_manifest(desired, created | kept)
     sections.append(_plan_manifest(manifest, observed))
     return Plan(
         live=observed.live,
@@ -384,9 +387,15 @@ def _plan_power(desired: DesiredState, observed: Observed) -> Section:
     return section
 
 
-def _plan_models(desired: DesiredState, observed: Observed, dirty: set[str]) -> Section:
+def _plan_models(
+    desired: DesiredState, observed: Observed, dirty: set[str]
+) -> tuple[Section, set[str]]:
+    """Pull missing bases, create missing or changed models; and the wanted models provision
+    created: those it created before, and those this plan creates where none was."""
     section = Section(observed.live)
     have = observed.ollama_models
+    ours = created_models(observed.manifest)
+    created = set()
     for model in desired.models:
         name = normalize_model(model.name)
         base_missing = (
@@ -396,6 +405,8 @@ def _plan_models(desired: DesiredState, observed: Observed, dirty: set[str]) -> 
         )
         if base_missing:
             section.act(ActionKind.PULL_MODEL, model.base, f"base of {model.name} is missing")
+        if name in ours or (have is not None and name not in have):
+            created.add(name)
         if model.modelfile_path in dirty:
             reason = f"Modelfile changed: {model.modelfile_path}"
         elif have is not None and name not in have:
@@ -407,7 +418,32 @@ def _plan_models(desired: DesiredState, observed: Observed, dirty: set[str]) -> 
             section.noop(model.name, f"{why}; Modelfile unchanged")
             continue
         section.act(ActionKind.CREATE_MODEL, model.name, reason, source=model.modelfile_path)
-    return section
+    return section, created
+
+
+def _plan_model_removals(desired: DesiredState, observed: Observed) -> tuple[Section, set[str]]:
+    """Remove the models provision created that are no longer wanted (a renamed one, a dropped
+    one); never one it did not create. Returns those still to remove on a later apply."""
+    section = Section(observed.live)
+    wanted = {normalize_model(m.name) for m in desired.models}
+    have = observed.ollama_models
+    kept = set()
+    for name in sorted(created_models(observed.manifest) - wanted):
+        if not desired.models:
+            section.noop(name, "no longer wanted, but no Ollama is managed now: left in its store")
+            kept.add(name)
+        elif observed.live and have is None:
+            section.noop(
+                name, "no longer wanted; Ollama API not reachable: left for the next apply"
+            )
+            kept.add(name)
+        elif have is not None and name not in have:
+            section.noop(name, "no longer wanted and already absent")
+        else:
+            section.act(ActionKind.REMOVE_MODEL, name, "no longer wanted (provision created it)")
+            if not observed.live:
+                kept.add(name)  # skipped offline: still there for the next live apply
+    return section, kept
 
 
 def _plan_manifest(manifest: dict[str, Any], observed: Observed) -> Section:
