@@ -65,7 +65,8 @@ def test_plan_warns_about_narrow_links() -> None:
     ("extra", "what"),
     [
         ("runtime: ollama\nreplicas: 2\n", "replica 0 (GPU 0) would listen on port 65536"),
-        ("runtime: llama-server\n", "models[1] (qwen2.5:32b) would listen on port 65536"),
+        # sha256("llama3.1:8b") mod 1000 = 156
+        ("runtime: llama-server\n", "models[0] (llama3.1:8b) would listen on port 65691"),
     ],
 )
 def test_derived_ports_stay_tcp_ports(tmp_path: Path, extra: str, what: str) -> None:

@@ -72,6 +72,10 @@ def test_circular_extends_is_refused(tmp_path: Path) -> None:
          "expected a finite number, got inf"),
         ("models:\n- ref: x\n  ctx: 123456789012345678901234\n", 3, "models[0].ctx",
          "below 2**63, got a 24-digit number"),
+        ("runtime: llama-server\nmodels:\n- ref: x\n  port: 0\n", 4, "models[0].port",
+         "1-65535"),
+        ("models:\n- ref: x\n  port: 8081\n", 3, "models[0].port",
+         "only a llama-server model listens on a port of its own"),
     ],
 )  # fmt: skip
 def test_bad_values_name_file_line_and_field(

@@ -8,7 +8,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from provision.desired import DesiredState
+from provision.errors import InputError
 from provision.hardware.rig import load_rig
 from provision.paths import OLLAMA_DROPIN, OLLAMA_TEMPLATE_UNIT
 from provision.pipeline import desired_state, profile_digest, rig_digest
@@ -180,3 +183,42 @@ def test_rig_digest_ignores_readings_that_move_at_run_time() -> None:
     assert rig_digest(replace(TWO_3090, gpus=(other_card, *TWO_3090.gpus[1:]))) != rig_digest(
         TWO_3090
     )
+
+
+LLAMA_MODELS = {
+    "a": "{ref: llama3.1:8b, ctx: 4096, path: /srv/a.gguf}",
+    "b": "{ref: qwen2.5:32b, ctx: 4096, path: /srv/b.gguf}",
+    "c": "{ref: llama3.2:3b, ctx: 4096, path: /srv/c.gguf, name: small}",
+}
+
+
+def _llama_ports(tmp_path: Path, keys: str, listen: str = "") -> dict[str, int]:
+    profile = tmp_path / f"llama-{keys}.yaml"
+    models = "".join(f"  - {LLAMA_MODELS[k]}\n" for k in keys)
+    profile.write_text(f"runtime: llama-server\n{listen}models:\n{models}")
+    desired = desired_state(TWO_3090, str(profile), ENVIRON)[1]
+    return {u.name: u.listen[1] for u in desired.units if u.listen}
+
+
+def test_a_llama_server_model_keeps_its_port_when_others_come_and_go(tmp_path: Path) -> None:
+    alone = _llama_ports(tmp_path, "b")
+    both = _llama_ports(tmp_path, "ab")
+    reordered = _llama_ports(tmp_path, "ba")
+    three = _llama_ports(tmp_path, "cab")
+    assert both == reordered and three.items() >= both.items() >= alone.items()
+    assert len(set(three.values())) == 3
+
+
+def test_a_llama_server_profile_defaults_to_llama_cpps_port_not_ollamas(tmp_path: Path) -> None:
+    ports = _llama_ports(tmp_path, "ab")
+    # listen.port 8080 (llama.cpp's default) + sha256(name) mod 1000: 156 and 710.
+    assert sorted(ports.values()) == [8080 + 156, 8080 + 710]
+    assert 11434 not in ports.values()
+
+
+def test_an_explicit_port_wins_and_two_models_on_one_port_are_refused(tmp_path: Path) -> None:
+    LLAMA_MODELS["p"] = "{ref: qwen2.5:32b, ctx: 4096, path: /srv/b.gguf, port: 9999}"
+    assert 9999 in _llama_ports(tmp_path, "ap").values()
+    LLAMA_MODELS["q"] = "{ref: qwen2.5:32b, ctx: 4096, path: /srv/b.gguf, port: 8236}"
+    with pytest.raises(InputError, match=r"models\[1\] .* and models\[0\] .* port 8236"):
+        _llama_ports(tmp_path, "aq")

@@ -3,6 +3,7 @@ or one llama-server per model with an explicit layer plan. Pure; each instance s
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -20,6 +21,10 @@ from provision.units import MIB
 
 # What llama.cpp's --fit leaves free per device: the margin our own placement keeps.
 FIT_TARGET_MIB = SAFETY_MARGIN_BYTES // MIB
+# A llama-server model without `port:` listens on listen.port + (sha256 of its name mod this):
+# its port depends on nothing but its name, so adding, removing or reordering other models never
+# moves it. Two models on one port are refused rather than moved.
+LLAMA_SERVER_PORT_SPAN = 1000
 
 
 @dataclass
@@ -290,7 +295,12 @@ def _ollama_replicas(
     common = _common_ollama_env(profile, placements)
     created = []
     for n, gpu in enumerate(gpus):
-        port = _derived_port(listen.port, 1 + n, f"replica {n} (GPU {gpu.index})")
+        port = _derived_port(
+            listen.port,
+            1 + n,
+            f"replica {n} (GPU {gpu.index})",
+            "lower listen.port so that it plus the number of replicas is at most 65535",
+        )
         env = [
             *visibility_env([gpu], rig, version, ollama=True),
             ("OLLAMA_HOST", f"127.0.0.1:{port}"),
@@ -322,24 +332,50 @@ def _ollama_replicas(
 
 def _llama_servers(rig: Rig, profile: Profile, placements: Sequence[ModelPlacement]) -> Layout:
     created, models = [], []
+    taken: dict[int, int] = {}
     for position, p in enumerate(placements):
         if not p.placed:
             models.append(p)
             continue
-        instance = _llama_server(rig, profile, p, position)
+        port = _llama_server_port(profile, p, position)
+        if port in taken:
+            other = taken[port]
+            raise InputError(
+                f"models[{position}] ({p.name}) and models[{other}] ({placements[other].name}) "
+                f"would both listen on port {port}",
+                hint=f"give one of them its own `port:` (a model without one listens on "
+                f"listen.port plus a number from 0 to {LLAMA_SERVER_PORT_SPAN - 1} its name gives)",
+            )
+        taken[port] = position
+        instance = _llama_server(rig, profile, p, position, port)
         created.append(instance)
         models.append(replace(p, units=(instance.unit,)))
     return Layout(tuple(created), tuple(models))
 
 
-def _derived_port(base: int, offset: int, what: str) -> int:
+def _llama_server_port(profile: Profile, p: ModelPlacement, position: int) -> int:
+    """The model's `port:`, else listen.port plus a number its name alone gives."""
+    if p.entry.port is not None:
+        return p.entry.port
+    digest = hashlib.sha256(p.name.encode()).digest()
+    offset = int.from_bytes(digest[:4], "big") % LLAMA_SERVER_PORT_SPAN
+    return _derived_port(
+        profile.listen.port,
+        offset,
+        f"models[{position}] ({p.name})",
+        f"lower listen.port to at most {65536 - LLAMA_SERVER_PORT_SPAN}, or give the model "
+        "its own `port:`",
+    )
+
+
+def _derived_port(base: int, offset: int, what: str, hint: str) -> int:
     """listen.port + offset, which must still be a TCP port."""
     port = base + offset
     if port > 65535:
         raise InputError(
             f"listen.port: {what} would listen on port {port}, past 65535 "
-            f"(the instances listen on the ports after listen.port {base})",
-            hint="lower listen.port so that it plus the number of instances is at most 65535",
+            f"(listen.port {base} + {offset})",
+            hint=hint,
         )
     return port
 
@@ -356,9 +392,10 @@ def _model_path(p: ModelPlacement, position: int) -> str:
     )
 
 
-def _llama_server(rig: Rig, profile: Profile, p: ModelPlacement, position: int) -> Instance:
+def _llama_server(
+    rig: Rig, profile: Profile, p: ModelPlacement, position: int, port: int
+) -> Instance:
     shares = p.fit.shares
-    port = _derived_port(profile.listen.port, position, f"models[{position}] ({p.entry.ref})")
     s = p.settings
     args = ["-m", _model_path(p, position), "--alias", p.name, "--host", profile.listen.address,
             "--port", str(port), "-c", str(s.ctx_tokens), "-np", str(s.parallel), "--kv-unified",

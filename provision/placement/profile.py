@@ -12,7 +12,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,9 @@ from provision.ollama import normalize_model
 from provision.typed_load import FieldError, from_plain
 
 DEFAULT_PROFILE = "ollama-auto"
+# listen.port when the profile gives none: each runtime's own default, so that a llama-server
+# profile never lands on Ollama's port (llama.cpp common/common.h: common_params::port).
+DEFAULT_PORTS = {Runtime.OLLAMA: 11434, Runtime.LLAMA_SERVER: 8080}
 _DURATION = re.compile(r"^(-1|0|(\d+(\.\d+)?(ns|us|ms|s|m|h))+)$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._-]+)?$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
@@ -44,12 +47,13 @@ class ModelEntry:
     gpus: tuple[int, ...] | None = None  # pin to these GPU indices
     name: str | None = None  # the model clients call; default `<ref>-provision`, whatever ctx
     path: str | None = None  # GGUF file the runtime loads (llama-server)
+    port: int | None = None  # llama-server: this model's port (default: stable by name)
 
 
 @dataclass(frozen=True)
 class Listen:
     address: str = "127.0.0.1"
-    port: int = 11434
+    port: int = DEFAULT_PORTS[Runtime.OLLAMA]  # the runtime's own when not given (load_profile)
 
 
 @dataclass(frozen=True)
@@ -314,12 +318,10 @@ def load_profile(ref: str | None) -> Profile:
     except FieldError as exc:
         raise _error(source, raw, exc.path, exc.problem) from None
     name = Path(source).name.removesuffix(".yaml")
-    profile = Profile(
-        **{f: getattr(data, f) for f in data.__dataclass_fields__},
-        name=name,
-        source=source,
-        lines=tuple(_field_lines(raw)),
-    )
+    fields = {f: getattr(data, f) for f in data.__dataclass_fields__}
+    if "port" not in (merged.get("listen") or {}):
+        fields["listen"] = replace(data.listen, port=DEFAULT_PORTS[data.runtime])
+    profile = Profile(**fields, name=name, source=source, lines=tuple(_field_lines(raw)))
     problem = first_problem(profile)
     if problem is not None:
         path, message, hint = problem
@@ -335,6 +337,7 @@ def first_problem(profile: Profile) -> tuple[str, str, str | None] | None:
     checks = [
         _check_top(profile),
         *(_check_model(m, i) for i, m in enumerate(profile.models)),
+        _check_ports(profile),
         _check_repeats(profile.models),
         _check_power(profile.power),
     ]
@@ -402,8 +405,23 @@ def _check_model(m: ModelEntry, i: int) -> tuple[str, str, str | None] | None:
         return (f"{at}.name", f"not a valid Ollama model name: {m.name!r}", None)
     if m.path is not None and (not m.path.startswith("/") or any(c.isspace() for c in m.path)):
         return (f"{at}.path", f"must be an absolute path without spaces, got {m.path!r}", None)
+    if m.port is not None and not 1 <= m.port <= 65535:
+        return (f"{at}.port", f"must be 1-65535, got {m.port}", None)
     if m.gpus is not None and (not m.gpus or min(m.gpus) < 0):
         return (f"{at}.gpus", "must list GPU indices (0, 1, ...)", None)
+    return None
+
+
+def _check_ports(p: Profile) -> tuple[str, str, str | None] | None:
+    if p.runtime == Runtime.LLAMA_SERVER:
+        return None
+    for i, m in enumerate(p.models):
+        if m.port is not None:
+            return (
+                f"models[{i}].port",
+                "only a llama-server model listens on a port of its own",
+                "remove it: Ollama serves every model on listen.port",
+            )
     return None
 
 

@@ -448,3 +448,54 @@ def test_power_capped_on_2x7900xtx_from_sysfs(
     assert box.run("systemctl", "stop", "gpu-power-limits.service").returncode == 0
     for bdf in AMD_GPUS:
         assert box.container.get(_cap_file(bdf)).strip() == "327000000"
+
+
+STABLE_PROFILE = """\
+description: one model whose context changes
+runtime: ollama
+listen: {{address: 127.0.0.1, port: 11434}}
+models:
+  - {{ref: "llama3.1:8b", ctx: {ctx}, parallel: 1{name}}}
+"""
+
+
+def show(box: Box, name: str) -> dict[str, Any] | None:
+    """What the running Ollama answers for `name` (POST /api/show), None when it has no such
+    model."""
+    script = (
+        "import json,sys,urllib.request as u\n"
+        "r=u.Request('http://127.0.0.1:11434/api/show',json.dumps({'model':sys.argv[1]}).encode())\n"
+        "try: print(u.urlopen(r).read().decode())\n"
+        "except u.HTTPError: print('null')\n"
+    )
+    result = box.run("python3", "-c", script, name)
+    assert result.returncode == 0, result.stderr
+    found: dict[str, Any] | None = json.loads(result.stdout)
+    return found
+
+
+def test_the_model_name_stays_when_ctx_changes(make_box: Callable[[str, str], Box]) -> None:
+    """Clients keep calling one name across a ctx change; a model provision created and no
+    longer wants is removed, one the user made never is."""
+    box = make_box(RIG_2X3090, "/root/stable.yaml")
+    box.container.put("/root/mine.Modelfile", "FROM llama3.1:8b\nPARAMETER num_ctx 2048\n")
+    made = box.run("ollama", "create", "mine", "-f", "/root/mine.Modelfile")
+    assert made.returncode == 0, made.stderr
+    for ctx in (8192, 16384):
+        box.container.put("/root/stable.yaml", STABLE_PROFILE.format(ctx=ctx, name=""))
+        applied = box.apply()
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert box.diff() == 0
+        model = show(box, "llama3.1:8b-provision")
+        assert model is not None and model["parameters"]["num_ctx"] == ctx
+    assert ids(assert_verified(box)) >= {"model:llama3.1:8b-provision"}
+
+    # Renamed in the profile: the new name is created, the one provision made is removed.
+    box.container.put("/root/stable.yaml", STABLE_PROFILE.format(ctx=16384, name=", name: chat"))
+    applied = box.apply()
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "remove-model llama3.1:8b-provision" in applied.stdout
+    assert show(box, "llama3.1:8b-provision") is None and show(box, "chat") is not None
+    assert box.diff() == 0
+    assert show(box, "mine") is not None  # the user's own model: never removed
+    assert show(box, "llama3.1:8b") is not None  # the base it pulled stays too
