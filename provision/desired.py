@@ -37,6 +37,7 @@ class DesiredUnit:
     oneshot: bool = False
     # Where the service must answer after a (re)start, e.g. ("127.0.0.1", 11434).
     listen: tuple[str, int] | None = None
+    gpu_uuids: tuple[str, ...] = ()  # the GPUs it runs models on
 
 
 @dataclass(frozen=True)

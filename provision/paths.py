@@ -93,8 +93,18 @@ def modelfile_path(model_name: str) -> str:
     return f"{MODELFILE_DIR}/{slug(model_name)}.Modelfile"
 
 
+LLAMA_SERVER_UNIT_PREFIX = "llama-server-"
+
+
 def llama_server_unit(model_name: str) -> str:
-    return f"llama-server-{slug(model_name.replace(':', '-'))}.service"
+    return f"{LLAMA_SERVER_UNIT_PREFIX}{slug(model_name.replace(':', '-'))}.service"
+
+
+def stock_ollama_beside(units: Iterable[str]) -> bool:
+    """llama-server units are planned and the stock ollama.service is not: if that one runs, it
+    may load models on the same GPUs, in memory the plan counted for llama-server."""
+    names = list(units)
+    return OLLAMA_UNIT not in names and any(n.startswith(LLAMA_SERVER_UNIT_PREFIX) for n in names)
 
 
 def replica_unit(n: int) -> str:

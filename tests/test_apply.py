@@ -25,6 +25,7 @@ from provision.change.observe import (
     observe,
     parse_power_limits,
     parse_systemctl_show,
+    parse_visible_devices,
     read_file,
     unit_states,
 )
@@ -388,3 +389,12 @@ def test_only_normal_absolute_paths_are_touched(
         with pytest.raises(HostError, match="refusing the path"):
             write_atomic(host, target, b"x", 0o644, os.geteuid(), os.getegid())
         assert list(tmp_path.parent.glob("x*")) == []
+
+
+def test_parse_visible_devices_recorded() -> None:
+    shown = (
+        'Environment="OLLAMA_HOST=127.0.0.1:11434" '
+        "CUDA_VISIBLE_DEVICES=GPU-aaaaaaaa-0000-0000-0000-000000000000,1 PATH=/usr/bin\n"
+    )
+    assert parse_visible_devices(shown) == ("GPU-aaaaaaaa-0000-0000-0000-000000000000", "1")
+    assert parse_visible_devices("Environment=\n") == ()

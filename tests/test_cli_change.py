@@ -241,6 +241,21 @@ def test_rendered_profiles_apply_and_then_diff_in_sync(root: Path, profile: str)
     assert json.loads((root / MANIFEST_PATH.lstrip("/")).read_text())["rig_digest"]
 
 
+def test_an_enabled_stock_ollama_beside_llama_server_is_warned_about(root: Path) -> None:
+    ollama = root / "etc/systemd/system/ollama.service"
+    ollama.parent.mkdir(parents=True)
+    ollama.write_text(OLLAMA_UNIT)
+    args = ("--rig", str(RIG_8X), "--profile", "llama-server", "--root", str(root))
+    assert "warning: ollama.service" not in provision("diff", *args).stderr  # disabled
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "ollama.service").symlink_to("/etc/systemd/system/ollama.service")
+    result = provision("diff", "--json", *args)
+    (warning,) = [w for w in json.loads(result.stdout)["warnings"] if "ollama.service" in w]
+    assert warning.startswith("ollama.service is enabled (it starts at boot) and sees every GPU")
+    assert "warning: ollama.service is enabled" in provision("apply", "--yes", *args).stderr
+
+
 HEADER = "# Managed by provision. Do not edit; run 'provision diff'.\n"
 
 

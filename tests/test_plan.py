@@ -395,3 +395,38 @@ def test_the_manifest_records_files_units_ports_power_models_and_digests() -> No
     assert manifest["power"][0]["target_w"] == 300.0 and manifest["power"][0]["default_w"] == 350.0
     modelfile = next(f for f in manifest["files"] if f["path"] == MODELFILE)
     assert manifest["models"][0]["modelfile_sha256"] == modelfile["sha256"]
+
+
+LLAMA_UNIT = "llama-server-llama3.1-8b.service"
+
+
+def llama_state() -> DesiredState:
+    unit = f"{SYSTEMD}/{LLAMA_UNIT}"
+    return DesiredState(
+        files=(DesiredFile(unit, _unit("llama-server", "ExecStart=/x"), restarts=(LLAMA_UNIT,)),),
+        units=(DesiredUnit(LLAMA_UNIT, listen=("127.0.0.1", 8236), gpu_uuids=(GPUS[1],)),),
+    )
+
+
+def with_stock_ollama(
+    desired: DesiredState, enabled: str, active: str, devices: tuple[str, ...] | None
+) -> Observed:
+    observed = applied(desired, live=True)
+    units = {**observed.units, "ollama.service": ObservedUnit("ollama.service", enabled, active)}
+    return replace(observed, units=units, stock_ollama_devices=devices)
+
+
+def test_a_running_ollama_on_the_same_gpus_as_llama_server_is_warned_about() -> None:
+    desired = llama_state()
+    (warning,) = make_plan(desired, with_stock_ollama(desired, "enabled", "active", ())).warnings
+    assert warning.startswith(
+        f"ollama.service is running and sees every GPU, among them the GPUs of {LLAMA_UNIT}: "
+    )
+    assert "systemctl disable --now ollama.service" in warning
+    named = with_stock_ollama(desired, "enabled", "inactive", (GPUS[1],))
+    (warning,) = make_plan(desired, named).warnings
+    assert f"enabled (it starts at boot) and sees {GPUS[1]}" in warning
+    # Not when it is off, or sees only other cards.
+    assert not make_plan(desired, with_stock_ollama(desired, "disabled", "inactive", ())).warnings
+    other = with_stock_ollama(desired, "enabled", "active", (GPUS[0],))
+    assert not make_plan(desired, other).warnings

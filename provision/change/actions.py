@@ -90,6 +90,9 @@ class Observed:
     ollama_models: frozenset[str] | None = None  # None: not known (offline or unreachable)
     ollama_version: str | None = None
     manifest: Mapping[str, Any] | None = None
+    # The stock ollama.service beside llama-server units: the devices its environment names
+    # (CUDA_VISIBLE_DEVICES and the like; empty: none, so it sees every GPU); None: not read.
+    stock_ollama_devices: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ class Plan:
     diffs: tuple[FileDiff, ...]
     manifest: dict[str, Any]  # the manifest apply writes last (without "last_apply")
     not_checked: tuple[str, ...] = ()  # offline: what could not be read, per category
+    warnings: tuple[str, ...] = ()  # what the host holds that the plan does not change
 
     @classmethod
     def empty(cls, live: bool = False) -> Plan:

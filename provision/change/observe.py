@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -25,8 +26,10 @@ from provision.errors import HostError
 from provision.paths import (
     MANIFEST_PATH,
     NVIDIA_SMI_POWER_QUERY,
+    OLLAMA_UNIT,
     UNIT_DIRS,
     reachable,
+    stock_ollama_beside,
     template_of,
     unsafe_target,
 )
@@ -58,6 +61,9 @@ def observe(host: Host, desired: DesiredState) -> Observed:
         if isinstance(p, Mapping)
     ]
     version, models = _first_answering_ollama(desired.units) if host.live else (None, None)
+    beside = stock_ollama_beside(u.name for u in desired.units)
+    if beside:
+        units.append(OLLAMA_UNIT)
     return Observed(
         live=host.live,
         files={p: read_file(host, p) for p in sorted(paths)},
@@ -66,7 +72,38 @@ def observe(host: Host, desired: DesiredState) -> Observed:
         ollama_models=models if desired.models else None,
         ollama_version=version,
         manifest=manifest,
+        stock_ollama_devices=_stock_ollama_devices(host) if beside and host.live else None,
     )
+
+
+def _stock_ollama_devices(host: Host) -> tuple[str, ...] | None:
+    result = run(host.systemctl("show", "--property=Environment", "--", OLLAMA_UNIT))
+    return parse_visible_devices(result.stdout) if result.ok else None
+
+
+# The variables that restrict which GPUs a CUDA or ROCm process sees (placement/visibility.py).
+VISIBILITY_VARIABLES = (
+    "CUDA_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "GPU_DEVICE_ORDINAL",
+)
+
+
+def parse_visible_devices(text: str) -> tuple[str, ...]:
+    """The devices `systemctl show --property=Environment` names in the visibility variables
+    (space-separated assignments, quoted as systemd.exec(5) allows); empty when none is set."""
+    line = next((x for x in text.splitlines() if x.startswith("Environment=")), "")
+    try:
+        words = shlex.split(line.removeprefix("Environment="))
+    except ValueError:
+        words = line.removeprefix("Environment=").split()
+    devices: list[str] = []
+    for word in words:
+        key, _, value = word.partition("=")
+        if key in VISIBILITY_VARIABLES:
+            devices += [d.strip() for d in value.split(",") if d.strip()]
+    return tuple(devices)
 
 
 def read_file(host: Host, target: str) -> ObservedFile:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from provision.change.actions import (
+    Action,
     ActionKind,
     FileDiff,
     Observed,
@@ -30,9 +31,11 @@ from provision.paths import (
     ENABLED_BY_US,
     ENABLED_STATES,
     MANIFEST_PATH,
+    OLLAMA_UNIT,
     RUNNING_STATES,
     SYSTEMD_DIR,
     instances_of,
+    stock_ollama_beside,
     template_of,
     unit_file,
     unit_of_path,
@@ -74,13 +77,15 @@ def make_plan(desired: DesiredState, observed: Observed) -> Plan:
     sections += [models, removals]
     manifest = build_manifest(desired, created | kept)
     sections.append(_plan_manifest(manifest, observed))
+    actions = tuple(a for s in sections for a in s.actions)
     return Plan(
         live=observed.live,
-        actions=tuple(a for s in sections for a in s.actions),
+        actions=actions,
         noops=tuple(a for s in sections for a in s.noops),
         diffs=tuple(files.diffs),
         manifest=manifest,
         not_checked=_not_checked(desired, observed),
+        warnings=_stock_ollama_warning(desired, observed, actions),
     )
 
 
@@ -454,6 +459,36 @@ def _plan_manifest(manifest: dict[str, Any], observed: Observed) -> Section:
         why = "absent" if observed.manifest is None else "records another state"
         section.act(ActionKind.WRITE_MANIFEST, MANIFEST_PATH, f"{why}; written last")
     return section
+
+
+def _stock_ollama_warning(
+    desired: DesiredState, observed: Observed, actions: tuple[Action, ...]
+) -> tuple[str, ...]:
+    """The stock Ollama left running or enabled on GPUs a llama-server unit is planned on."""
+    seen = observed.units.get(OLLAMA_UNIT)
+    if seen is None or not stock_ollama_beside(u.name for u in desired.units):
+        return ()
+    if any(a.target == OLLAMA_UNIT and a.kind is ActionKind.DISABLE for a in actions):
+        return ()  # the plan itself stops and disables it
+    running = seen.active in RUNNING_STATES
+    if not running and seen.enabled not in ENABLED_STATES:
+        return ()
+    ours = {g: u.name for u in desired.units for g in u.gpu_uuids}
+    devices = observed.stock_ollama_devices
+    shared = sorted(ours) if not devices else sorted(set(devices) & set(ours))
+    if devices and all(d.startswith("GPU-") for d in devices) and not shared:
+        return ()  # it sees other GPUs only (by UUID)
+    state = "running" if running else f"{seen.enabled} (it starts at boot)"
+    if devices is None:
+        sees = "every GPU unless its environment says otherwise (not read offline)"
+    else:
+        sees = ", ".join(devices) or "every GPU"
+    units = sorted({ours[g] for g in shared} or set(ours.values()))
+    return (
+        f"{OLLAMA_UNIT} is {state} and sees {sees}, among them the GPUs of {', '.join(units)}: "
+        "a model it loads takes memory the plan counted for llama-server (stop it: systemctl "
+        f"disable --now {OLLAMA_UNIT}, or limit its CUDA_VISIBLE_DEVICES)",
+    )
 
 
 def _not_checked(desired: DesiredState, observed: Observed) -> tuple[str, ...]:

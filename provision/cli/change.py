@@ -56,7 +56,7 @@ def print_warnings(warnings: tuple[str, ...]) -> None:
 def plan_to_plain(plan: Plan, host: Host, warnings: tuple[str, ...] = ()) -> dict[str, Any]:
     return {
         "schema": 1,
-        "warnings": list(warnings),
+        "warnings": [*warnings, *plan.warnings],
         "root": str(host.root),
         "mode": "live" if host.live else "offline",
         "in_sync": plan.in_sync,
@@ -163,7 +163,7 @@ def diff(
     if as_json:
         click.echo(json.dumps(plan_to_plain(plan, host, warnings), indent=2))
     else:
-        print_warnings(warnings)
+        print_warnings((*warnings, *plan.warnings))
         print_plan(plan, host, verbose)
     _refused_anyway(plan)
     ctx.exit(int(ExitCode.OK if plan.in_sync else ExitCode.CHANGES_PENDING))
@@ -256,6 +256,8 @@ def apply(
     print_warnings(warnings)
     if dry_run:
         plan = make_plan(desired, observe(host, desired))
+        if not as_json:
+            print_warnings(plan.warnings)
         _show(plan, host, as_json, verbose, force, warnings)
         _refused_anyway(plan)
         if not as_json:
@@ -266,6 +268,7 @@ def apply(
     report = _reporter(as_json)
     with locked(host, lock_timeout, report):
         plan = make_plan(desired, observe(host, desired))
+        print_warnings(plan.warnings)  # stderr: the --json document stays alone on stdout
         if plan.in_sync:
             _done(None, host, plan, as_json)
             return

@@ -63,7 +63,10 @@ def render(placement: Placement) -> DesiredState:
         # Enabled, not run now: it runs after a resume.
         units.append(DesiredUnit(POWER_RESUME_UNIT, active=False, oneshot=True))
     files += _instance_files(placement.instances, power_unit)
-    units += [DesiredUnit(i.unit, listen=(i.address, i.port)) for i in placement.instances]
+    units += [
+        DesiredUnit(i.unit, listen=(i.address, i.port), gpu_uuids=i.gpu_uuids)
+        for i in placement.instances
+    ]
     if placement.balancer is not None:
         files.append(_nginx_file(placement.balancer))
         balancer = placement.balancer
