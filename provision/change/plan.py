@@ -475,6 +475,8 @@ def _stock_ollama_warning(
         return ()
     ours = {g: u.name for u in desired.units for g in u.gpu_uuids}
     devices = observed.stock_ollama_devices
+    if not ours:
+        return ()
     shared = sorted(ours) if not devices else sorted(set(devices) & set(ours))
     if devices and all(d.startswith("GPU-") for d in devices) and not shared:
         return ()  # it sees other GPUs only (by UUID)
