@@ -245,6 +245,10 @@ def test_an_enabled_stock_ollama_beside_llama_server_is_warned_about(root: Path)
     ollama = root / "etc/systemd/system/ollama.service"
     ollama.parent.mkdir(parents=True)
     ollama.write_text(OLLAMA_UNIT)
+    for model in load_profile("llama-server").models:
+        assert model.path  # the file llama-server loads: diff and apply check it is there
+        (root / model.path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (root / model.path.lstrip("/")).write_bytes(b"GGUF")
     args = ("--rig", str(RIG_8X), "--profile", "llama-server", "--root", str(root))
     assert "warning: ollama.service" not in provision("diff", *args).stderr  # disabled
     wants = root / "etc/systemd/system/multi-user.target.wants"
