@@ -16,7 +16,7 @@ from provision.cli.main import cli
 from provision.pipeline import desired_state
 from provision.render.filters import env_file_value, systemd_env
 from provision.verify.checks import checks_for, listen_verdict, parse_curl, unit_verdict
-from provision.verify.environment import (
+from provision.systemd import (
     expand_specifiers,
     expected_environment,
     parse_env_file,

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from provision.desired import DesiredFile
+from provision.systemd import Override
 
 
 class ActionKind(StrEnum):
@@ -59,6 +60,8 @@ class Action:
     watts: float | None = None  # what set-power sets
     # create-model: the Modelfile; set-power on an AMD card: its PCI device directory.
     source: str = ""
+    # write-file over a file provision does not manage: its settings the new file lacks
+    drops: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ class Observed:
     # The stock ollama.service beside llama-server units: the devices its environment names
     # (CUDA_VISIBLE_DEVICES and the like; empty: none, so it sees every GPU); None: not read.
     stock_ollama_devices: tuple[str, ...] | None = None
+    # unit -> every unit file and drop-in on the host that could configure it (also in files)
+    unit_sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,8 @@ class Plan:
     manifest: dict[str, Any]  # the manifest apply writes last (without "last_apply")
     not_checked: tuple[str, ...] = ()  # offline: what could not be read, per category
     warnings: tuple[str, ...] = ()  # what the host holds that the plan does not change
+    # Settings of ours that files provision does not manage override; apply needs --force.
+    overrides: tuple[Override, ...] = ()
 
     @classmethod
     def empty(cls, live: bool = False) -> Plan:
@@ -134,7 +141,10 @@ class Plan:
 def describe(action: Action) -> str:
     """One line for people: `restart ollama.service: inputs changed: ... (detail)`."""
     text = f"{action.kind} {action.target}: {action.reason}"
-    return f"{text} ({action.detail})" if action.detail else text
+    text = f"{text} ({action.detail})" if action.detail else text
+    if action.drops:
+        text += "; drops what the old file set: " + ", ".join(action.drops)
+    return text
 
 
 @dataclass

@@ -133,6 +133,14 @@ def execute(
 
 def _refuse(plan: Plan, force: bool) -> None:
     refusals = plan.refusals(force)
+    if plan.overrides and not force:
+        first = plan.overrides[0]
+        more = f" (and {len(plan.overrides) - 1} more)" if len(plan.overrides) > 1 else ""
+        raise HostError(
+            f"refusing to apply: {first.describe()}{more}; nothing was changed",
+            hint=f"remove the setting from {first.path} (then 'systemctl daemon-reload'), or "
+            "pass --force to apply anyway: that file keeps winning",
+        )
     if not refusals:
         return
     more = f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else ""

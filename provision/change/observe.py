@@ -19,7 +19,8 @@ from typing import Any
 
 from provision import ollama
 from provision.change.actions import Observed, ObservedFile, ObservedUnit
-from provision.change.host import Host
+from provision.change.host import Host, list_dir
+from provision.change.plan import configured_units
 from provision.command import run
 from provision.desired import DesiredState, DesiredUnit
 from provision.errors import HostError
@@ -33,6 +34,7 @@ from provision.paths import (
     template_of,
     unsafe_target,
 )
+from provision.systemd import dropin_dirs, environment_files
 from provision.units import MICROWATTS
 
 OLLAMA_TIMEOUT_S = 0.5  # a local API that does not answer this fast is treated as down
@@ -64,9 +66,13 @@ def observe(host: Host, desired: DesiredState) -> Observed:
     beside = stock_ollama_beside(u.name for u in desired.units)
     if beside:
         units.append(OLLAMA_UNIT)
+    files = {p: read_file(host, p) for p in sorted(paths)}
+    sources = unit_sources(host, configured_units(desired))
+    files.update(_source_files(host, sources, files))
     return Observed(
         live=host.live,
-        files={p: read_file(host, p) for p in sorted(paths)},
+        files=files,
+        unit_sources=sources,
         units=unit_states(host, list(dict.fromkeys(units))),
         power_w=power_limits(wanted_power) if host.live and wanted_power else None,
         ollama_models=models if desired.models else None,
@@ -104,6 +110,48 @@ def parse_visible_devices(text: str) -> tuple[str, ...]:
         if key in VISIBILITY_VARIABLES:
             devices += [d.strip() for d in value.split(",") if d.strip()]
     return tuple(devices)
+
+
+def unit_sources(host: Host, units: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """Every unit file and drop-in on the host that could configure each unit (systemd picks
+    and orders them: provision.systemd.fragment_of and dropin_order)."""
+    found = {}
+    for unit in units:
+        names = dict.fromkeys([unit, template_of(unit)])
+        paths = [f"{d}/{name}" for d in UNIT_DIRS for name in names if _exists(host, f"{d}/{name}")]
+        for directory in UNIT_DIRS:
+            for name in dropin_dirs(unit):
+                where = f"{directory}/{name}"
+                paths += [f"{where}/{f}" for f in _listing(host, where) if f.endswith(".conf")]
+        found[unit] = tuple(paths)
+    return found
+
+
+def _exists(host: Host, target: str) -> bool:
+    return os.path.lexists(host.path(target))
+
+
+def _listing(host: Host, target_dir: str) -> Iterable[str]:
+    try:
+        return list_dir(host, target_dir)
+    except HostError:  # reached through a symlink (merged /usr: /lib -> usr/lib): seen there
+        return []
+
+
+def _source_files(
+    host: Host, sources: Mapping[str, tuple[str, ...]], known: Mapping[str, ObservedFile]
+) -> dict[str, ObservedFile]:
+    """The unit files and drop-ins not read yet, and the environment files they name."""
+    files: dict[str, ObservedFile] = {}
+    for unit, paths in sources.items():
+        for path in paths:
+            seen = known.get(path) or files.get(path) or read_file(host, path)
+            files[path] = seen
+            text = seen.data.decode("utf-8", "replace")
+            for env_path in environment_files(unit, text):
+                if env_path not in known and unsafe_target(env_path) is None:
+                    files[env_path] = read_file(host, env_path)
+    return {p: f for p, f in files.items() if p not in known}
 
 
 def read_file(host: Host, target: str) -> ObservedFile:

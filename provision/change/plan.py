@@ -5,6 +5,10 @@ a real run. The observations are plain data filled in by provision.change.host; 
 the host. Order of a plan: stop and disable what is no longer wanted, write and remove files, one
 daemon-reload, enable, power limits, restarts, reloads, models (created, then the ones provision
 created and no longer wants removed), and the manifest last.
+
+Beside the actions, a plan lists the settings of ours that files provision does not manage
+override (`Plan.overrides`: a `systemctl edit` override.conf, a drop-in sorting after ours):
+apply refuses them without --force, as it refuses to replace such a file.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from provision.paths import (
     unit_file,
     unit_of_path,
 )
+from provision.systemd import Override, overrides, parse_env_file, settings_of
 
 # The header sits on the first line, or just after a shebang or a format's own first line.
 HEADER_SEARCH_LINES = 5
@@ -86,7 +91,12 @@ def make_plan(desired: DesiredState, observed: Observed) -> Plan:
         manifest=manifest,
         not_checked=_not_checked(desired, observed),
         warnings=_stock_ollama_warning(desired, observed, actions),
+        overrides=_overrides(desired, observed, removed=set(previous) - wanted_paths(desired)),
     )
+
+
+def wanted_paths(desired: DesiredState) -> set[str]:
+    return {f.path for f in desired.files}
 
 
 def _previous_files(manifest: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
@@ -139,6 +149,7 @@ def _plan_file(
         refused=refused,
         forceable=True,
         file=want,
+        drops=() if ours else dropped_settings(want.path, have.data, want.content),
     )
     if "content changed" in changes:
         section.diffs.append(file_diff(want.path, have.data, data))
@@ -502,3 +513,47 @@ def _not_checked(desired: DesiredState, observed: Observed) -> tuple[str, ...]:
         (sum(u.active for u in desired.units), "running state(s)"),
     ]
     return tuple(f"{n} {what}" for n, what in counts if n)
+
+
+# --- settings of other files -----------------------------------------------------------------
+
+
+def configured_units(desired: DesiredState) -> dict[str, tuple[str, ...]]:
+    """unit -> the unit files and drop-ins of the desired state that configure it (a
+    template's unit file configures each of its desired instances)."""
+    names = [u.name for u in desired.units]
+    found: dict[str, list[str]] = {}
+    for f in desired.files:
+        implied = unit_of_path(f.path)
+        for unit in instances_of(implied, names) if implied else ():
+            found.setdefault(unit, []).append(f.path)
+    return {unit: tuple(paths) for unit, paths in found.items()}
+
+
+def _overrides(
+    desired: DesiredState, observed: Observed, removed: set[str]
+) -> tuple[Override, ...]:
+    """Settings our files give a unit that other files on the host take away
+    (provision.systemd.overrides). `removed`: our files this plan deletes."""
+    ours = {f.path: f.content for f in desired.files}
+    others = {
+        path: seen.data.decode("utf-8", "replace") if seen.kind == "file" else None
+        for path, seen in observed.files.items()
+        if path not in ours and path not in removed
+    }
+    # Every file is looked up by path: systemd's rules pick the unit's own among them.
+    return tuple(o for unit in configured_units(desired) for o in overrides(unit, ours, others))
+
+
+def dropped_settings(path: str, old: bytes, new: str) -> tuple[str, ...]:
+    """What a file provision does not manage sets that its replacement does not: settings of a
+    unit file or drop-in, variables of an environment file; () for other formats (the diff
+    shows those)."""
+    text = old.decode("utf-8", "replace")
+    if path.startswith(SYSTEMD_DIR + "/"):
+        before, after = settings_of(text), settings_of(new)
+    elif path.endswith(".env"):
+        before, after = parse_env_file(text), parse_env_file(new)
+    else:
+        return ()
+    return tuple(f"{k}={v}" for k, v in before.items() if k not in after)

@@ -30,6 +30,7 @@ from provision.cli.options import (
     rig_options,
 )
 from provision.errors import ExitCode, HostError, InputError
+from provision.systemd import Override
 
 if TYPE_CHECKING:
     from provision.change.apply import Outcome
@@ -44,7 +45,18 @@ def _action_to_plain(index: int | None, action: Action) -> dict[str, Any]:
     plain.update(kind=str(action.kind), target=action.target, reason=action.reason)
     plain.update(detail=action.detail, skipped_offline=action.skipped_offline)
     plain.update(refused=action.refused, forceable=action.forceable)
+    plain.update(drops=list(action.drops))
     return plain
+
+
+def _override_to_plain(override: Override) -> dict[str, Any]:
+    return {
+        "unit": override.unit,
+        "key": override.key,
+        "ours": override.ours,
+        "theirs": override.theirs,
+        "path": override.path,
+    }
 
 
 def print_warnings(warnings: tuple[str, ...]) -> None:
@@ -67,6 +79,7 @@ def plan_to_plain(plan: Plan, host: Host, warnings: tuple[str, ...] = ()) -> dic
         "actions": [_action_to_plain(i, a) for i, a in enumerate(plan.actions)],
         "noops": [_action_to_plain(None, a) for a in plan.noops],
         "not_checked": list(plan.not_checked),
+        "overrides": [_override_to_plain(o) for o in plan.overrides],
         "summary": summary(plan, host),
     }
 
@@ -84,6 +97,8 @@ def summary(plan: Plan, host: Host) -> str:
         text += f"; {skipped} live-only step(s) recorded as skipped (offline root)"
     if plan.not_checked:
         text += "; not checked offline: " + ", ".join(plan.not_checked)
+    if plan.overrides:
+        text += f"; {len(plan.overrides)} setting(s) overridden by files provision does not manage"
     return text
 
 
@@ -121,7 +136,19 @@ def print_plan(
         click.echo("no-ops:")
         for action in plan.noops:
             click.echo(f"     {action.target}: {action.reason}")
+    print_overrides(plan, force)
     click.echo(summary(plan, host))
+
+
+def print_overrides(plan: Plan, force: bool) -> None:
+    """Settings of ours that other files take away: apply refuses them without --force."""
+    if not plan.overrides:
+        return
+    click.echo("overridden by files provision does not manage:")
+    for override in plan.overrides:
+        click.echo(f"     {override.describe()}")
+    if not force:
+        click.echo("     refused: apply needs --force, and these files keep winning after it")
 
 
 def _refused_anyway(plan: Plan) -> None:
@@ -208,6 +235,7 @@ def _outcome_to_plain(outcome: Outcome | None, host: Host, plan: Plan) -> dict[s
         "backup": outcome.backup if outcome else None,
         "done": [_action_to_plain(None, a) for a in done],
         "skipped": [_action_to_plain(None, a) for a in skipped],
+        "overrides": [_override_to_plain(o) for o in plan.overrides],
         "summary": summary(plan, host),
     }
 
@@ -270,6 +298,8 @@ def apply(
         plan = make_plan(desired, observe(host, desired))
         print_warnings(plan.warnings)  # stderr: the --json document stays alone on stdout
         if plan.in_sync:
+            if not as_json:  # nothing to apply, but the host does not run what was planned
+                print_overrides(plan, force=True)
             _done(None, host, plan, as_json)
             return
         if not as_json:

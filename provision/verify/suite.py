@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from provision import systemd
 from provision.change.manifest import sha256
 from provision.change.observe import parse_power_limits
 from provision.change.plan import POWER_TOLERANCE_W
@@ -22,7 +23,6 @@ from provision.ollama import parse_tags
 from provision.paths import NGINX_UNIT, NVIDIA_SMI_POWER_QUERY
 from provision.units import MICROWATTS
 from provision.verify import checks as c
-from provision.verify import environment
 from provision.verify.checks import Check, CheckKind
 from provision.verify.runner import DETAIL, TARGETS, Target, standalone_targets
 
@@ -150,13 +150,13 @@ def test_env(target: Target, check: Check, record_property: Record) -> None:
         return str(seen.stdout)
 
     texts = [managed_text(p) or "" for p in check.expect["sources"]]
-    expected = environment.expected_environment(check.target, texts, managed_text)
+    expected = systemd.expected_environment(check.target, texts, managed_text)
     pid = _show(target, check.target, ("MainPID",)).get("MainPID", "0")
     if pid in ("", "0"):
         fail("no main process: the service is not running")
     environ = target.host.file(f"/proc/{pid}/environ")
-    actual = environment.parse_environ(environ.content)
-    problems = environment.environment_differences(expected, actual)
+    actual = systemd.parse_environ(environ.content)
+    problems = systemd.environment_differences(expected, actual)
     if problems:
         fail(f"main process {pid}: " + "; ".join(problems))
     names = ", ".join(expected) or "nothing"
