@@ -34,6 +34,8 @@ class CheckKind(StrEnum):
     UNIT = "unit"  # enabled (or not) and active (oneshot: ran this boot and succeeded)
     PORT = "port"  # something listens on exactly this address
     ENV = "env"  # the main process has the environment the managed files give it
+    # no file provision does not manage overrides a setting the managed files give the unit
+    OVERRIDE = "override"
     NGINX = "nginx"  # the balancer answers /api/version on its public address
     OLLAMA = "ollama"  # an Ollama instance answers /api/version directly
     MODEL = "model"  # the public Ollama endpoint lists the model in /api/tags
@@ -70,6 +72,7 @@ def checks_for(manifest: Mapping[str, Any], live: bool) -> tuple[Check, ...]:
         )
         for u in units
     ]
+    checks += [c for u in units if (c := _override_check(str(u["name"]), files)) is not None]
     if not live:
         return tuple(checks)
     running = [u for u in units if u["active"] and not _oneshot(u)]
@@ -295,6 +298,15 @@ def env_sources(unit: str, files: Sequence[Mapping[str, Any]]) -> list[str]:
         elif tail.endswith(".conf") and "/" not in tail and head.removesuffix(".d") in names:
             dropins.append(path)
     return sorted(main) + sorted(dropins, key=lambda p: p.rsplit("/", 1)[-1])
+
+
+def _override_check(unit: str, files: Sequence[Mapping[str, Any]]) -> Check | None:
+    """Live and offline: what systemd merges is in the files, whether or not it runs."""
+    sources = env_sources(unit, files)
+    if not sources:
+        return None
+    managed = {str(f["path"]): str(f["sha256"]) for f in files}
+    return Check(CheckKind.OVERRIDE, unit, {"sources": sources, "managed": managed})
 
 
 def _env_check(unit: str, files: Sequence[Mapping[str, Any]]) -> Check | None:

@@ -20,7 +20,7 @@ from provision.change.manifest import sha256
 from provision.change.observe import parse_power_limits
 from provision.change.plan import POWER_TOLERANCE_W
 from provision.ollama import parse_tags
-from provision.paths import NGINX_UNIT, NVIDIA_SMI_POWER_QUERY
+from provision.paths import NGINX_UNIT, NVIDIA_SMI_POWER_QUERY, UNIT_DIRS, template_of
 from provision.units import MICROWATTS
 from provision.verify import checks as c
 from provision.verify.checks import Check, CheckKind
@@ -136,6 +136,57 @@ def test_port(target: Target, check: Check, record_property: Record) -> None:
         return ok, f"{detail} ({unit})" if ok else f"{detail} (wanted for {unit})"
 
     record_property(DETAIL, _settled(target, unit, probe))
+
+
+def _managed_text(target: Target, path: str, managed: dict[str, str]) -> str:
+    seen = _run(target, "cat -- %s", target.path(path))
+    if seen.rc != 0 or sha256(seen.stdout_bytes) != managed[path]:
+        fail(f"cannot tell the expected environment: {path} is not what apply wrote")
+    return str(seen.stdout)
+
+
+def _unit_sources(target: Target, unit: str) -> list[str]:
+    """Every unit file and drop-in on the target that could configure the unit (systemd's
+    rules in provision.systemd pick and order them); live, also those systemd has loaded."""
+    names = dict.fromkeys([unit, template_of(unit)])
+    dirs = [target.path(f"{d}/{n}") for d in UNIT_DIRS for n in systemd.dropin_dirs(unit)]
+    units = [target.path(f"{d}/{n}") for d in UNIT_DIRS for n in names]
+    script = (
+        'for f in "$@"; do case "$f" in *.d) for c in "$f"/*.conf; do [ -f "$c" ] && '
+        'echo "$c"; done;; *) [ -e "$f" ] && echo "$f";; esac; done; true'
+    )
+    placeholders = " ".join(["%s"] * (len(units) + len(dirs)))
+    seen = _run(target, f"sh -c %s sh {placeholders}", script, *units, *dirs)
+    found = [line for line in seen.stdout.splitlines() if line]
+    if target.live:
+        props = _show(target, unit, ("FragmentPath", "DropInPaths"))
+        found += [props.get("FragmentPath", ""), *props.get("DropInPaths", "").split()]
+    root = "" if target.live else target.root.rstrip("/")
+    return [p.removeprefix(root) for p in dict.fromkeys(found) if p]
+
+
+def test_override(target: Target, check: Check, record_property: Record) -> None:
+    managed: dict[str, str] = check.expect["managed"]
+    ours = {p: _managed_text(target, p, managed) for p in check.expect["sources"]}
+    for text in list(ours.values()):
+        for env_path in systemd.environment_files(check.target, text):
+            if env_path in managed:
+                ours[env_path] = _managed_text(target, env_path, managed)
+    others: dict[str, str | None] = {}
+    for path in _unit_sources(target, check.target):
+        if path in ours:
+            continue
+        seen = _run(target, "cat -- %s", target.path(path))
+        others[path] = str(seen.stdout) if seen.rc == 0 else None
+        for env_path in systemd.environment_files(check.target, others[path] or ""):
+            if env_path not in ours:
+                env = _run(target, "cat -- %s", target.path(env_path))
+                others[env_path] = str(env.stdout) if env.rc == 0 else None
+    found = systemd.overrides(check.target, ours, others)
+    if found:
+        fail("; ".join(o.describe() for o in found))
+    mine = ", ".join(sorted(ours))
+    record_property(DETAIL, f"no other file overrides what {mine} set")
 
 
 def test_env(target: Target, check: Check, record_property: Record) -> None:
