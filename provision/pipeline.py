@@ -35,20 +35,23 @@ def desired_state(
     sysfs_root: str = "/sys",
     root: Path | None = None,
     files_must_exist: bool = False,
+    ollama_store: str | None = None,
 ) -> tuple[Placement, DesiredState]:
     """A model that cannot be placed is an error (exit 2) unless `allow_partial`: a plan that
     silently serves less than the profile asks for is what an operator finds out too late.
     `sysfs_root` is where the target's sysfs is: AMD power caps are written below it. `root`
     is the target's tree: the Ollama store is looked up and llama-server's model files are
     checked there; a missing file is a warning for `plan`, an error where `files_must_exist`
-    (diff and apply: the unit would fail to start)."""
+    (diff and apply: the unit would fail to start). `ollama_store`: the OLLAMA_MODELS the
+    target's own ollama.service sets (observed by the caller,
+    provision.change.observe.stock_ollama_store), which replicas share."""
     profile = load_profile(profile_ref)
     try:
         specs = {
             entry.ref: _resolve_model(entry.ref, f"models[{i}].ref", environ, root)
             for i, entry in enumerate(profile.models)
         }
-        placement = place(rig, profile, specs, sysfs_root)
+        placement = place(rig, profile, specs, sysfs_root, ollama_store)
         warnings = _model_file_warnings(placement, root or Path("/"), files_must_exist)
     except ProfileFieldError as exc:
         raise InputError(f"{profile.where(exc.field)}: {exc.message}", hint=exc.hint) from None

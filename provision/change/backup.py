@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,6 +18,7 @@ from provision.change.host import Host, list_dir, make_dir, write_atomic
 from provision.change.manifest import encode, sha256
 from provision.change.observe import read_file, recorded_paths, unit_states
 from provision.change.plan import file_diff
+from provision.change.prior import PRIOR_KEY
 from provision.desired import DesiredFile
 from provision.errors import HostError, InputError
 from provision.paths import BACKUPS_DIR, ENABLED_BY_US, SYSTEMD_DIR
@@ -44,6 +45,9 @@ class Backup:
     enabled: tuple[str, ...] = ()
     disabled: tuple[str, ...] = ()
     was_active: tuple[str, ...] | None = None  # of those units, live; None: offline
+    # Each unit's state before provision first managed it (provision.change.prior), as the
+    # manifest this apply writes carries it on.
+    prior_units: tuple[Mapping[str, str | None], ...] = ()
 
 
 def create_backup(host: Host, plan: Plan) -> Backup:
@@ -74,6 +78,7 @@ def create_backup(host: Host, plan: Plan) -> Backup:
         enabled=tuple(targets[ActionKind.ENABLE]),
         disabled=tuple(targets[ActionKind.DISABLE]),
         was_active=was_active,
+        prior_units=tuple(plan.manifest.get(PRIOR_KEY, ())),
     )
     index = json.dumps(_backup_to_plain(backup), indent=2) + "\n"
     write_atomic(host, f"{base}/index.json", index.encode(), 0o600, os.geteuid(), os.getegid())
@@ -141,9 +146,10 @@ def load_backup(host: Host, stamp: str | None) -> Backup:
         )
         lists = {k: tuple(data[k]) for k in ("restarted", "enabled", "disabled")}
         was_active = None if data["was_active"] is None else tuple(data["was_active"])
+        prior_units = tuple(dict(u) for u in data.get(PRIOR_KEY, ()))  # older indexes: none
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # truncated, wrong types
         raise HostError(f"{where}: not a backup index: {exc!r}"[:400], hint=hint) from None
-    return Backup(stamp, files, **lists, was_active=was_active)
+    return Backup(stamp, files, **lists, was_active=was_active, prior_units=prior_units)
 
 
 def saved_file(host: Host, backup: Backup, entry: BackupFile) -> DesiredFile | None:

@@ -19,8 +19,8 @@ from typing import Any
 
 from provision import ollama
 from provision.change.actions import Observed, ObservedFile, ObservedUnit
+from provision.change.foreign import configured_units
 from provision.change.host import Host, list_dir
-from provision.change.plan import configured_units
 from provision.command import run
 from provision.desired import DesiredState, DesiredUnit
 from provision.errors import HostError
@@ -34,7 +34,13 @@ from provision.paths import (
     template_of,
     unsafe_target,
 )
-from provision.systemd import dropin_dirs, environment_files
+from provision.systemd import (
+    dropin_dirs,
+    dropin_order,
+    environment_files,
+    fragment_of,
+    sourced_environment,
+)
 from provision.units import MICROWATTS
 
 OLLAMA_TIMEOUT_S = 0.5  # a local API that does not answer this fast is treated as down
@@ -125,6 +131,20 @@ def unit_sources(host: Host, units: Iterable[str]) -> dict[str, tuple[str, ...]]
                 paths += [f"{where}/{f}" for f in _listing(host, where) if f.endswith(".conf")]
         found[unit] = tuple(paths)
     return found
+
+
+def stock_ollama_store(host: Host) -> str | None:
+    """OLLAMA_MODELS as the host's own ollama.service (its unit file and every drop-in, ours
+    too) sets it; None when it does not (Ollama then uses its user's ~/.ollama/models)."""
+    paths = unit_sources(host, [OLLAMA_UNIT])[OLLAMA_UNIT]
+    files = _source_files(host, {OLLAMA_UNIT: paths}, {})
+    texts = {p: f.data.decode("utf-8", "replace") for p, f in files.items() if f.kind == "file"}
+    fragment = fragment_of(OLLAMA_UNIT, paths)
+    order = ([fragment] if fragment else []) + dropin_order(OLLAMA_UNIT, paths)
+    sources = [(p, texts.get(p, "")) for p in order]
+    env = sourced_environment(OLLAMA_UNIT, sources, texts.get)
+    store = env.get("OLLAMA_MODELS")
+    return store.value if store is not None and store.value else None
 
 
 def _exists(host: Host, target: str) -> bool:

@@ -17,6 +17,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
+from provision.change import prior
 from provision.change.actions import (
     Action,
     ActionKind,
@@ -27,6 +28,7 @@ from provision.change.actions import (
     Plan,
     Section,
 )
+from provision.change.foreign import dropped_settings, overrides
 from provision.change.manifest import build_manifest, comparable, created_models, encode, sha256
 from provision.desired import MANAGED_HEADER, DesiredFile, DesiredState, DesiredUnit
 from provision.ollama import is_registry_model, normalize_model
@@ -44,7 +46,6 @@ from provision.paths import (
     unit_file,
     unit_of_path,
 )
-from provision.systemd import Override, overrides, parse_env_file, settings_of
 
 # The header sits on the first line, or just after a shebang or a format's own first line.
 HEADER_SEARCH_LINES = 5
@@ -69,18 +70,23 @@ def make_plan(desired: DesiredState, observed: Observed) -> Plan:
     files = _plan_files(desired, observed, previous)
     written = {a.target for a in files.actions}
     dirty = _dirty_paths(desired, previous, written)
+    back = prior.given_back(desired.units, observed)
     sections = [
-        _plan_obsolete_units(desired, observed),
+        _plan_obsolete_units(desired, observed, back),
         files,
         _plan_daemon_reload(dirty, observed),
         _plan_enable(desired, observed),
+        prior.enable_given_back(back, observed),
         _plan_power(desired, observed),
-        _plan_restarts(desired, observed, dirty, previous),
+        _plan_restarts(desired, observed, dirty, previous, back),
     ]
     models, created = _plan_models(desired, observed, dirty)
     removals, kept = _plan_model_removals(desired, observed)
     sections += [models, removals]
     manifest = build_manifest(desired, created | kept)
+    states = prior.prior_states(desired.units, observed)
+    if states:
+        manifest[prior.PRIOR_KEY] = prior.to_plain(states)
     sections.append(_plan_manifest(manifest, observed))
     actions = tuple(a for s in sections for a in s.actions)
     return Plan(
@@ -91,7 +97,7 @@ def make_plan(desired: DesiredState, observed: Observed) -> Plan:
         manifest=manifest,
         not_checked=_not_checked(desired, observed),
         warnings=_stock_ollama_warning(desired, observed, actions),
-        overrides=_overrides(desired, observed, removed=set(previous) - wanted_paths(desired)),
+        overrides=overrides(desired, observed, removed=set(previous) - wanted_paths(desired)),
     )
 
 
@@ -266,12 +272,18 @@ def _recorded_units(observed: Observed) -> list[str]:
     return [str(u.get("name")) for u in (observed.manifest or {}).get("units", ())]
 
 
-def _plan_obsolete_units(desired: DesiredState, observed: Observed) -> Section:
-    """Units the last apply managed that the desired state no longer has: stop, then disable."""
+def _plan_obsolete_units(
+    desired: DesiredState, observed: Observed, back: Mapping[str, prior.PriorState]
+) -> Section:
+    """Units the last apply managed that the desired state no longer has: stop, then disable;
+    one that was enabled or running before provision first managed it is given back instead."""
     section = Section(observed.live)
     wanted = {u.name for u in desired.units}
     for name in sorted(set(_recorded_units(observed)) - wanted):
         seen = observed.units[name]
+        if name in back:
+            prior.give_back(section, back[name], seen)
+            continue
         if seen.active in RUNNING_STATES:
             section.act(ActionKind.STOP, name, "no longer wanted (listed in the manifest)")
         if seen.enabled in ENABLED_BY_US:
@@ -312,12 +324,15 @@ def _plan_restarts(
     observed: Observed,
     dirty: set[str],
     previous: Mapping[str, Mapping[str, Any]],
+    back: Mapping[str, prior.PriorState],
 ) -> Section:
     section = Section(observed.live)
     restarts, reloads = _inputs(desired, dirty, previous)
     units = {u.name: u for u in desired.units}
-    # Units the last apply managed and this one drops are stopped, not restarted.
-    dropped = set(_recorded_units(observed)) - set(units)
+    # Units the last apply managed and this one drops are stopped, not restarted; those given
+    # back running still take the changes of their inputs (nginx: a removed site).
+    running_back = {n for n, s in back.items() if s.was_running is not False}
+    dropped = set(_recorded_units(observed)) - set(units) - running_back
     order = [u.name for u in desired.units] + sorted(set(restarts) - set(units) - dropped)
     restarted = set()
     for name in order:
@@ -337,6 +352,8 @@ def _plan_restarts(
         elif units.get(name) is None or units[name].active:
             reason = "inputs changed: " + ", ".join(reloads[name])
             section.act(ActionKind.RELOAD, name, reason)
+            restarted.add(name)
+    prior.start_given_back(section, back, observed, restarted)
     return section
 
 
@@ -513,47 +530,3 @@ def _not_checked(desired: DesiredState, observed: Observed) -> tuple[str, ...]:
         (sum(u.active for u in desired.units), "running state(s)"),
     ]
     return tuple(f"{n} {what}" for n, what in counts if n)
-
-
-# --- settings of other files -----------------------------------------------------------------
-
-
-def configured_units(desired: DesiredState) -> dict[str, tuple[str, ...]]:
-    """unit -> the unit files and drop-ins of the desired state that configure it (a
-    template's unit file configures each of its desired instances)."""
-    names = [u.name for u in desired.units]
-    found: dict[str, list[str]] = {}
-    for f in desired.files:
-        implied = unit_of_path(f.path)
-        for unit in instances_of(implied, names) if implied else ():
-            found.setdefault(unit, []).append(f.path)
-    return {unit: tuple(paths) for unit, paths in found.items()}
-
-
-def _overrides(
-    desired: DesiredState, observed: Observed, removed: set[str]
-) -> tuple[Override, ...]:
-    """Settings our files give a unit that other files on the host take away
-    (provision.systemd.overrides). `removed`: our files this plan deletes."""
-    ours = {f.path: f.content for f in desired.files}
-    others = {
-        path: seen.data.decode("utf-8", "replace") if seen.kind == "file" else None
-        for path, seen in observed.files.items()
-        if path not in ours and path not in removed
-    }
-    # Every file is looked up by path: systemd's rules pick the unit's own among them.
-    return tuple(o for unit in configured_units(desired) for o in overrides(unit, ours, others))
-
-
-def dropped_settings(path: str, old: bytes, new: str) -> tuple[str, ...]:
-    """What a file provision does not manage sets that its replacement does not: settings of a
-    unit file or drop-in, variables of an environment file; () for other formats (the diff
-    shows those)."""
-    text = old.decode("utf-8", "replace")
-    if path.startswith(SYSTEMD_DIR + "/"):
-        before, after = settings_of(text), settings_of(new)
-    elif path.endswith(".env"):
-        before, after = parse_env_file(text), parse_env_file(new)
-    else:
-        return ()
-    return tuple(f"{k}={v}" for k, v in before.items() if k not in after)

@@ -20,7 +20,7 @@ import click
 
 from provision.change.actions import Action, Plan, describe
 from provision.change.host import Host
-from provision.change.observe import observe
+from provision.change.observe import observe, stock_ollama_store
 from provision.change.plan import make_plan
 from provision.cli.options import (
     SECONDS,
@@ -182,10 +182,10 @@ def diff(
 
     Exit status 0 when the host is in sync, 1 when changes are pending.
     """
-    desired, warnings = load_desired(
-        rig_file, sysfs, profile_ref, desired_json, allow_partial, root
-    )
     host = Host.at(root)
+    desired, warnings = load_desired(
+        rig_file, sysfs, profile_ref, desired_json, allow_partial, root, stock_ollama_store(host)
+    )
     plan = make_plan(desired, observe(host, desired))
     if as_json:
         click.echo(json.dumps(plan_to_plain(plan, host, warnings), indent=2))
@@ -276,10 +276,10 @@ def apply(
     # lazy: the executor (sockets, locks, backups) is not needed by diff, which shares this module
     from provision.change.apply import Settings, execute, locked
 
-    desired, warnings = load_desired(
-        rig_file, sysfs, profile_ref, desired_json, allow_partial, root
-    )
     host = Host.at(root)
+    desired, warnings = load_desired(
+        rig_file, sysfs, profile_ref, desired_json, allow_partial, root, stock_ollama_store(host)
+    )
     # Before anything else, and before the confirmation: what the plan warns about.
     print_warnings(warnings)
     if dry_run:

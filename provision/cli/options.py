@@ -119,9 +119,11 @@ def load_desired(
     desired_json: Path | None,
     allow_partial: bool = False,
     root: Path | None = None,
+    ollama_store: str | None = None,
 ) -> tuple[DesiredState, tuple[str, ...]]:
     """The desired state for the tree at `root` and the plan's warnings (none for a desired
-    state read as JSON). The files the units will load must be there (diff, apply)."""
+    state read as JSON). The files the units will load must be there (diff, apply).
+    `ollama_store`: the model store the target's own ollama.service sets, for replicas."""
     if desired_json is not None:
         return desired_from_json(desired_json), ()
     from provision.pipeline import desired_state  # lazy: the engine alone needs no placement
@@ -130,7 +132,14 @@ def load_desired(
     # Absolute: the power unit runs from / and the manifest must name the same place.
     sysfs_root = os.path.abspath(sysfs)
     placement, desired = desired_state(
-        rig, profile_ref, os.environ, allow_partial, sysfs_root, root, files_must_exist=True
+        rig,
+        profile_ref,
+        os.environ,
+        allow_partial,
+        sysfs_root,
+        root,
+        files_must_exist=True,
+        ollama_store=ollama_store,
     )
     return desired, placement.warnings
 

@@ -43,9 +43,12 @@ def instances(
     all_resident: bool,
     ollama_version: str | None,
     box: Rig | None = None,
+    ollama_store: str | None = None,
 ) -> Layout:
     """`rig`: the GPUs models may run on; `box`: every GPU of the host (default `rig`), which
-    the visibility variables must hide from a unit as much as show it its own."""
+    the visibility variables must hide from a unit as much as show it its own; `ollama_store`:
+    the OLLAMA_MODELS the host's own ollama.service sets (None: it sets none), which replicas
+    must share, or they would not see the models pulled before."""
     box = box or rig
     if profile.runtime == Runtime.LLAMA_SERVER:
         layout = _llama_servers(box, profile, placements)
@@ -58,7 +61,7 @@ def instances(
     candidates = _replica_candidates(rig, profile, placements)
     replicas, note = _replica_gpus(rig, profile, placements, candidates)
     if replicas:
-        layout = _ollama_replicas(box, profile, placements, replicas, ollama_version)
+        layout = _ollama_replicas(box, profile, placements, replicas, ollama_version, ollama_store)
     else:
         layout = _ollama_single(rig, profile, placements, all_resident, ollama_version, box)
     if note:
@@ -290,9 +293,13 @@ def _ollama_replicas(
     placements: Sequence[ModelPlacement],
     gpus: Sequence[Gpu],
     version: str | None,
+    store: str | None,
 ) -> Layout:
     listen = profile.listen
     common = _common_ollama_env(profile, placements)
+    # The stock service's user is `ollama`, whose home holds the store unless it names one.
+    models_dir = store or paths.OLLAMA_MODELS_DIR
+    where = "the stock ollama.service's OLLAMA_MODELS" if store else "the stock service's store"
     created = []
     for n, gpu in enumerate(gpus):
         port = _derived_port(
@@ -304,13 +311,13 @@ def _ollama_replicas(
         env = [
             *visibility_env([gpu], rig, version, ollama=True),
             ("OLLAMA_HOST", f"127.0.0.1:{port}"),
-            ("OLLAMA_MODELS", paths.OLLAMA_MODELS_DIR),
+            ("OLLAMA_MODELS", models_dir),
             *common,
             ("OLLAMA_MAX_LOADED_MODELS", str(len(placements))),
         ]
         reason = (
             f"replica {n} of {len(gpus)} on {gpu_label(gpu)}: every model fits this GPU "
-            "alone; models are stored once and shared"
+            f"alone; models are stored once and shared, in {models_dir} ({where})"
         )
         replica = Instance(
             runtime=Runtime.OLLAMA,

@@ -134,10 +134,15 @@ def _fit_all(
 
 
 def place(
-    rig: Rig, profile: Profile, specs: Mapping[str, ModelSpec], sysfs_root: str = "/sys"
+    rig: Rig,
+    profile: Profile,
+    specs: Mapping[str, ModelSpec],
+    sysfs_root: str = "/sys",
+    ollama_store: str | None = None,
 ) -> Placement:
     """`specs` maps each profile model's ref to its ModelSpec (resolved by the caller);
-    `sysfs_root` is the target's sysfs, below which AMD power caps are written."""
+    `sysfs_root` is the target's sysfs, below which AMD power caps are written;
+    `ollama_store` is the model store the host's own ollama.service sets, if it sets one."""
     traits = classify(rig)
     version = rig.host.runtimes.get("ollama")
     legacy = profile.runtime == Runtime.OLLAMA and ollama.is_legacy_ollama(version)
@@ -159,7 +164,7 @@ def place(
                 + "; ".join(mp.fit.suggestions)
             )
     layout = instances.instances(
-        rig_for_models, profile, placements, all_resident, version, box=rig
+        rig_for_models, profile, placements, all_resident, version, rig, ollama_store
     )
     decided = power.decide(rig, profile, sysfs_root)
     warnings += layout.warnings + decided.warnings
