@@ -47,6 +47,8 @@ def test_replica_checks_from_the_manifest() -> None:
         "unit:ollama@0.service",
         "unit:ollama@1.service",
         "unit:nginx.service",
+        "override:ollama@0.service",
+        "override:ollama@1.service",
         "port:127.0.0.1:11435",
         "port:127.0.0.1:11436",
         "port:127.0.0.1:11434",
@@ -73,10 +75,10 @@ def test_replica_checks_from_the_manifest() -> None:
     ]
 
 
-def test_offline_root_checks_files_and_enablement_only() -> None:
+def test_offline_root_checks_files_enablement_and_overrides() -> None:
     manifest = manifest_for("synthetic-2x3090-x16-x8", "power-capped")
     kinds = {c.kind for c in checks_for(manifest, live=False)}
-    assert kinds == {"file", "unit"}
+    assert kinds == {"file", "unit", "override"}
     live = {c.id for c in checks_for(manifest, live=True) if c.kind == "power"}
     assert live == {
         "power:GPU-3b6f2c1e-8d4a-4f1b-9c2e-5a7d9e1f0a01",
@@ -225,7 +227,7 @@ def test_verify_an_offline_root(applied_root: Path) -> None:
     result = run_provision("verify", "--root", str(applied_root))
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert lines[-1] == "6 passed, 0 failed"
+    assert lines[-1] == "8 passed, 0 failed"
     assert f"PASS file {DROPIN}: sha256 " in result.stdout
     assert "PASS unit gpu-power-limits.service: enabled (offline root: " in result.stdout
 
@@ -245,13 +247,14 @@ def test_verify_an_offline_root(applied_root: Path) -> None:
         "file:/etc/provision/modelfiles/qwen2.5-32b-provision.Modelfile",
         f"file:{DROPIN}",
         "unit:gpu-power-limits.service",
+        "override:ollama.service",  # what it must check against is no longer what apply wrote
     }
     assert failed[f"file:{MODELFILE_8B}"] == "mode 0600, applied 0644"
     assert failed["file:/etc/provision/modelfiles/qwen2.5-32b-provision.Modelfile"] == (
         "is a symbolic link, not a regular file: apply never writes through one"
     )
     assert failed["unit:gpu-power-limits.service"] == "disabled, wanted enabled"
-    assert (report["passed"], report["failed"]) == (2, 4)
+    assert (report["passed"], report["failed"]) == (3, 5)
     assert set(report["checks"][0]) == {"id", "kind", "target", "host", "ok", "status", "detail"}
 
 
@@ -260,7 +263,7 @@ def test_verify_in_process_twice(applied_root: Path) -> None:
     for _ in range(2):
         result = CliRunner().invoke(cli, ["verify", "--root", str(applied_root), "--json"])
         assert result.exit_code == 0, result.output
-        assert json.loads(result.stdout)["passed"] == 6
+        assert json.loads(result.stdout)["passed"] == 8
 
 
 def test_verify_bad_input_and_unreachable_hosts(tmp_path: Path) -> None:
@@ -283,13 +286,13 @@ def test_several_hosts_one_unreachable(applied_root: Path) -> None:
     result = run_provision("verify", "--hosts", hosts, "--root", str(applied_root))
     assert result.returncode == 3, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert sum(line.startswith("local: PASS ") for line in lines) == 6
+    assert sum(line.startswith("local: PASS ") for line in lines) == 8
     (gone,) = [line for line in lines if "FAIL host" in line]
     assert gone.startswith("ssh://gpu-box.invalid: FAIL host: cannot reach ssh://gpu-box.invalid")
     assert lines[-3:] == [
-        "local: 6 passed, 0 failed",
+        "local: 8 passed, 0 failed",
         "ssh://gpu-box.invalid: not verified",
-        "6 passed, 1 failed",
+        "8 passed, 1 failed",
     ]
     report = json.loads(
         run_provision("verify", "--hosts", hosts, "--root", str(applied_root), "--json").stdout
