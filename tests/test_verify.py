@@ -298,7 +298,7 @@ def test_several_hosts_one_unreachable(applied_root: Path) -> None:
         run_provision("verify", "--hosts", hosts, "--root", str(applied_root), "--json").stdout
     )
     assert [(h["host"], h["verified"], h["passed"], h["failed"]) for h in report["hosts"]] == [
-        ("local", True, 6, 0),
+        ("local", True, 8, 0),
         ("ssh://gpu-box.invalid", False, 0, 1),
     ]
     assert "cannot reach ssh://gpu-box.invalid" in report["hosts"][1]["error"]
