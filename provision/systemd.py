@@ -152,6 +152,14 @@ def dropin_order(unit: str, paths: Iterable[str]) -> list[str]:
     return [chosen[base][1] for base in sorted(chosen)]
 
 
+def merge_order(unit: str, paths: Iterable[str]) -> list[str]:
+    """The files among `paths` that systemd reads for `unit`, in its order: the unit file,
+    then the drop-ins."""
+    candidates = list(dict.fromkeys(paths))
+    fragment = fragment_of(unit, candidates)
+    return ([fragment] if fragment else []) + dropin_order(unit, candidates)
+
+
 def fragment_of(unit: str, paths: Iterable[str]) -> str | None:
     """The unit file systemd loads for `unit` among `paths`: the unit's own name before its
     template's, in the first unit directory that has one (systemd.unit(5) "Unit File Load
@@ -335,13 +343,11 @@ def overrides(
     def text(path: str) -> str | None:
         return ours[path] if path in ours else others.get(path)
 
-    candidates = list(dict.fromkeys([*ours, *others]))
-    fragment = fragment_of(unit, candidates)
-    order = ([fragment] if fragment else []) + dropin_order(unit, candidates)
-    every = [(p, text(p) or "") for p in order]
-    mine = [(p, t) for p, t in every if p in ours]
+    # What our files alone would give the unit, against what all of them give it.
+    mine = [(p, ours[p]) for p in merge_order(unit, ours)]
     if not mine:
         return []
+    every = [(p, text(p) or "") for p in merge_order(unit, [*ours, *others])]
     wanted = sourced_environment(unit, mine, ours.get)
     seen = sourced_environment(unit, every, text)
     pairs = [(k, s, seen.get(k)) for k, s in wanted.items()]

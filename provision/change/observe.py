@@ -36,9 +36,8 @@ from provision.paths import (
 )
 from provision.systemd import (
     dropin_dirs,
-    dropin_order,
     environment_files,
-    fragment_of,
+    merge_order,
     sourced_environment,
 )
 from provision.units import MICROWATTS
@@ -139,9 +138,7 @@ def stock_ollama_store(host: Host) -> str | None:
     paths = unit_sources(host, [OLLAMA_UNIT])[OLLAMA_UNIT]
     files = _source_files(host, {OLLAMA_UNIT: paths}, {})
     texts = {p: f.data.decode("utf-8", "replace") for p, f in files.items() if f.kind == "file"}
-    fragment = fragment_of(OLLAMA_UNIT, paths)
-    order = ([fragment] if fragment else []) + dropin_order(OLLAMA_UNIT, paths)
-    sources = [(p, texts.get(p, "")) for p in order]
+    sources = [(p, texts.get(p, "")) for p in merge_order(OLLAMA_UNIT, paths)]
     env = sourced_environment(OLLAMA_UNIT, sources, texts.get)
     store = env.get("OLLAMA_MODELS")
     return store.value if store is not None and store.value else None
