@@ -39,6 +39,7 @@ GPU1_3090 = "GPU-7c1d9a4b-2e6f-4a8c-b1d3-9f0e2c4a6b02"
 DROPIN = "/etc/systemd/system/ollama.service.d/50-provision.conf"
 MODELFILE_8B = "/etc/provision/modelfiles/llama3.1-8b-provision.Modelfile"
 MODELFILE_32B = "/etc/provision/modelfiles/qwen2.5-32b-provision.Modelfile"
+OVERRIDE_CONF = "/etc/systemd/system/ollama.service.d/override.conf"  # what `systemctl edit` writes
 NGINX_SITE = "/etc/nginx/conf.d/provision-ollama.conf"
 POWER_UNIT_FILE = "/etc/systemd/system/gpu-power-limits.service"
 
@@ -48,6 +49,7 @@ AUTO_CHECKS = {
     f"file:{MODELFILE_32B}",
     f"file:{DROPIN}",
     "unit:ollama.service",
+    "override:ollama.service",
     "port:127.0.0.1:11434",
     "env:ollama.service",
     "ollama:127.0.0.1:11434",
@@ -64,6 +66,8 @@ REPLICA_CHECKS = {
     "unit:ollama@0.service",
     "unit:ollama@1.service",
     "unit:nginx.service",
+    "override:ollama@0.service",
+    "override:ollama@1.service",
     "port:127.0.0.1:11435",
     "port:127.0.0.1:11436",
     "port:127.0.0.1:11434",
@@ -77,6 +81,7 @@ REPLICA_CHECKS = {
 POWER_CHECKS = AUTO_CHECKS | {
     f"file:{POWER_UNIT_FILE}",
     "unit:gpu-power-limits.service",
+    "override:gpu-power-limits.service",
     f"power:{GPU0_3090}",
     f"power:{GPU1_3090}",
 }
@@ -256,6 +261,7 @@ def test_default_profile_on_4090_3090(make_box: Callable[[str, str], Box]) -> No
     assert set(failures(report)) == {
         f"file:{DROPIN}",
         "env:ollama.service",
+        "override:ollama.service",
         f"file:{MODELFILE_32B}",
     }
     assert failures(report)[f"file:{MODELFILE_32B}"] == "mode 0600, applied 0644"
@@ -303,6 +309,80 @@ def test_power_capped_on_2x3090(make_box: Callable[[str, str], Box]) -> None:
     assert failures(report) == {
         "unit:gpu-power-limits.service": "disabled, wanted enabled; ran this boot and succeeded"
     }
+
+
+def test_a_users_override_conf_is_refused_forced_and_failed_by_verify(
+    make_box: Callable[[str, str], Box],
+) -> None:
+    """The operator tuned Ollama with `systemctl edit ollama` before provision came: an
+    override.conf sorts after our 50-provision.conf and wins. diff lists the setting, apply
+    refuses (3: a refused target, nothing changed), apply --force proceeds and lists it, and
+    verify fails on the environment systemd really gives the service."""
+    box = make_box(RIG_2X3090, "ollama-auto")
+    box.container.put(OVERRIDE_CONF, "[Service]\nEnvironment=OLLAMA_CONTEXT_LENGTH=2048\n")
+    box.run("systemctl", "daemon-reload")
+    box.run("systemctl", "restart", "ollama.service")
+    said = f"ollama.service: OLLAMA_CONTEXT_LENGTH sets '2048' in {OVERRIDE_CONF}"
+
+    diff = box.provision("diff", "--rig", "/root/rig.yaml", "--profile", "ollama-auto")
+    assert diff.returncode == 1, diff.stdout + diff.stderr
+    assert f"{said} (provision sets '8192')" in diff.stdout
+    refused = box.apply()
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert f"error: refusing to apply: {said}" in refused.stderr
+    assert box.run("test", "-e", DROPIN).returncode == 1  # nothing was changed
+
+    forced = box.apply("--force")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert said in forced.stdout
+    assert env_of(box, 11434)["OLLAMA_CONTEXT_LENGTH"] == "2048"  # the override still wins
+    code, report = box.verify()
+    assert code == 1
+    assert set(failures(report)) == {"override:ollama.service", "env:ollama.service"}
+    assert failures(report)["override:ollama.service"].startswith(said)
+    assert "OLLAMA_CONTEXT_LENGTH='2048', want '8192'" in failures(report)["env:ollama.service"]
+
+    box.run("rm", OVERRIDE_CONF)
+    box.run("systemctl", "daemon-reload")
+    box.run("systemctl", "restart", "ollama.service")
+    assert ids(assert_verified(box)) == AUTO_CHECKS
+
+
+def test_nginx_running_before_is_given_back_and_replicas_share_the_stock_store(
+    make_box: Callable[[str, str], Box],
+) -> None:
+    """Before provision: nginx enabled and serving its own site, and the stock Ollama keeping
+    its models in /srv/models (an override.conf) with one pulled. Replicas use that store;
+    back on the default profile nginx is still enabled and running, after a reboot too."""
+    box = make_box(RIG_2X3090, "ollama-replicas")
+    box.run("install", "-d", "-o", "ollama", "-g", "ollama", "/srv/models")
+    box.container.put(OVERRIDE_CONF, "[Service]\nEnvironment=OLLAMA_MODELS=/srv/models\n")
+    box.run("systemctl", "daemon-reload")
+    box.run("systemctl", "restart", "ollama.service")
+    assert box.run("ollama", "pull", "llama3.1:8b").returncode == 0
+    assert box.run("systemctl", "enable", "--now", "nginx.service").returncode == 0
+    assert nginx_state(box) == ("enabled", "active")
+
+    box.converge()
+    assert env_of(box, 11435)["OLLAMA_MODELS"] == "/srv/models"
+    assert env_of(box, 11436)["OLLAMA_MODELS"] == "/srv/models"
+    assert ids(assert_verified(box)) == REPLICA_CHECKS
+
+    back = box.apply(profile="ollama-auto")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "stop nginx.service" not in back.stdout and "disable nginx.service" not in back.stdout
+    assert nginx_state(box) == ("enabled", "active")
+    assert box.run("test", "-e", NGINX_SITE).returncode == 1
+    assert env_of(box, 11434)["OLLAMA_MODELS"] == "/srv/models"
+    assert ids(assert_verified(box)) == AUTO_CHECKS
+    box.container.reboot()
+    assert nginx_state(box) == ("enabled", "active")
+    assert_verified(box)
+
+
+def nginx_state(box: Box) -> tuple[str, str]:
+    enabled = box.run("systemctl", "is-enabled", "nginx.service").stdout.strip()
+    return enabled, box.run("systemctl", "is-active", "nginx.service").stdout.strip()
 
 
 def test_failed_start_rolls_back(make_box: Callable[[str, str], Box]) -> None:
