@@ -13,8 +13,6 @@ from pathlib import Path
 import click
 
 from provision import ollama
-from provision.change.host import Host
-from provision.change.observe import stock_ollama_store
 from provision.cli.options import json_option, profile_option, read_rig, rig_options
 from provision.cli.report import fit_text, fit_to_plain, placement_text, placement_to_plain
 from provision.errors import InputError, ProfileFieldError
@@ -97,6 +95,10 @@ def plan(
 ) -> None:
     """Decide where each model runs, with reasons, and list the files it would write."""
     rig = read_rig(rig_file, sysfs)
+    # lazy: the host reader, for plan alone (fit and models do not load the change engine)
+    from provision.change.host import Host
+    from provision.change.observe import stock_ollama_store
+
     # The same store diff and apply render for replicas: the target's own ollama.service's.
     store = stock_ollama_store(Host.at(root))
     placement, desired = desired_state(
