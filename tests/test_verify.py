@@ -15,7 +15,6 @@ from provision.change.manifest import build_manifest
 from provision.cli.main import cli
 from provision.pipeline import desired_state
 from provision.render.filters import env_file_value, systemd_env
-from provision.verify.checks import checks_for, listen_verdict, parse_curl, unit_verdict
 from provision.systemd import (
     expand_specifiers,
     expected_environment,
@@ -23,6 +22,7 @@ from provision.systemd import (
     parse_environ,
     split_words,
 )
+from provision.verify.checks import checks_for, listen_verdict, parse_curl, unit_verdict
 from tests.helpers import REPO_ROOT, load_named_rig, rig_file, run_provision
 
 STOCK_ROOT = REPO_ROOT / "tests/data/stock-root"
