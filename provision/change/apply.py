@@ -175,12 +175,14 @@ def _perform(
         verb = "restart" if kind is ActionKind.RESTART else "reload-or-restart"
         _command(host.systemctl(verb, target))
         _await_unit(host, target, units.get(target), settings.check_timeout_s)
-    elif kind is ActionKind.SET_POWER and action.source:
-        # The script the power unit runs at boot: one way to set an AMD cap, clamped, read back.
-        watts = f"{int(action.watts or 0)}"
-        _command(["/bin/sh", AMDGPU_POWER_SCRIPT, action.source, watts])
     elif kind is ActionKind.SET_POWER:
-        _command(["nvidia-smi", "-i", target, "-pl", f"{action.watts:g}"])
+        # Whole watts, as the plan decided them and as the power unit writes them at boot.
+        watts = f"{int(action.watts or 0)}"
+        if action.source:
+            # The script the power unit runs at boot: one way to set an AMD cap, read back.
+            _command(["/bin/sh", AMDGPU_POWER_SCRIPT, action.source, watts])
+        else:
+            _command(["nvidia-smi", "-i", target, "-pl", watts])
     elif kind in (ActionKind.PULL_MODEL, ActionKind.CREATE_MODEL, ActionKind.REMOVE_MODEL):
         _command(_ollama(units, kind, target, action.source), PULL_TIMEOUT_S)
     else:
