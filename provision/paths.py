@@ -63,6 +63,10 @@ NVIDIA_SMI_POWER_QUERY = ("--query-gpu=uuid,power.limit", "--format=csv,noheader
 
 MANIFEST_PATH = "/var/lib/provision/manifest.json"
 BACKUPS_DIR = "/var/lib/provision/backups"
+# Retention (provision.change.history): a backup goes when it is neither among the newest
+# KEEP_BACKUPS nor younger than KEEP_BACKUP_DAYS.
+KEEP_BACKUPS = 10
+KEEP_BACKUP_DAYS = 30
 LOCK_PATH = "/run/lock/provision.lock"
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from provision.change import apply as apply_module
+from provision.change.actions import Action, ActionKind, Plan
 from provision.change.apply import Settings, execute, locked
 from provision.change.backup import list_backups, load_backup, rollback_plan
 from provision.change.host import Host, write_atomic
@@ -35,7 +36,7 @@ from provision.command import CompletedCommand, run
 from provision.desired import DesiredState
 from provision.errors import HostError, RolledBack
 from provision.ollama import parse_tags as parse_ollama_tags
-from provision.paths import MANIFEST_PATH, unsafe_target
+from provision.paths import AMDGPU_POWER_SCRIPT, MANIFEST_PATH, unsafe_target
 from tests.helpers import REPO_ROOT
 from tests.test_plan import state_a, state_b
 
@@ -363,6 +364,25 @@ def test_the_kill_hook_is_inert_unless_set(tmp_path: Path, monkeypatch: pytest.M
     assert apply_module._kill_step() is None
     monkeypatch.setenv("PROVISION_TEST_KILL_AT_STEP", "not-a-number")
     assert apply_module._kill_step() is None
+
+
+def test_set_power_passes_whole_watts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nvidia-smi -pl and the AMD script get the integer the unit writes, never '262.5'."""
+    seen: list[tuple[str, ...]] = []
+
+    def fake_run(argv: list[str], timeout_s: float = 0) -> CompletedCommand:
+        seen.append(tuple(argv))
+        return CompletedCommand(tuple(argv), 0, "", "")
+
+    monkeypatch.setattr(apply_module, "run", fake_run)
+    host = Host.at(tmp_path)
+    for source in ("", "/sys/bus/pci/devices/0000:03:00.0"):
+        action = Action(ActionKind.SET_POWER, "GPU-x", "test", watts=262.5, source=source)
+        apply_module._perform(host, Plan.empty(), action, {}, Settings(), "stamp")
+    assert seen == [
+        ("nvidia-smi", "-i", "GPU-x", "-pl", "262"),
+        ("/bin/sh", AMDGPU_POWER_SCRIPT, "/sys/bus/pci/devices/0000:03:00.0", "262"),
+    ]
 
 
 @pytest.mark.parametrize(

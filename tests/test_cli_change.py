@@ -188,7 +188,10 @@ def test_a_failure_mid_apply_exits_4_and_restores(root: Path, tmp_path: Path) ->
     assert _diff(root, a).returncode == 0
     # A plain rollback now undoes the last apply that stuck (a), not the one already undone.
     listing = provision("rollback", "--list", "--root", str(root)).stdout.splitlines()
-    assert listing[1].endswith("(apply failed and was rolled back)") and "(" not in listing[0]
+    assert listing[1].endswith("(apply failed and was rolled back)")
+    assert "failed" not in listing[0] and listing[0].endswith(
+        "<- next 'provision rollback' restores this"
+    )
     assert provision("rollback", "--yes", "--root", str(root)).returncode == 0
     assert tree(root) == {"/lib/systemd/system/nginx.service": NGINX_UNIT.encode()}
 
@@ -199,7 +202,7 @@ def test_rollback_restores_the_last_or_a_chosen_backup(root: Path, tmp_path: Pat
     after_a = tree(root)
     _apply(root, b)
     listing = provision("rollback", "--list", "--root", str(root))
-    first, second = listing.stdout.split()
+    first, second = (line.split()[0] for line in listing.stdout.splitlines())
     undo = provision("rollback", "--yes", "--root", str(root))
     assert undo.returncode == 0, undo.stderr
     assert "remove-file /etc/provision/ollama/2.env: absent as before apply" in undo.stdout

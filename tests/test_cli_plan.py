@@ -47,6 +47,25 @@ def test_plan_power_profile_lists_targets() -> None:
     assert all(p["default_w"] == 350.0 and p["reason"] for p in document["power"])
 
 
+def test_plan_shows_the_whole_watts_the_power_unit_writes() -> None:
+    """850 W PSU - 250 W platform = 600 W shared by default limit 450:350: 337.5 and 262.5 W,
+    which `nvidia-smi -pl` (integers) cannot take: the plan shows what the unit sets."""
+    rig = str(rig_file("synthetic-4090-3090"))
+    result = run_provision("plan", "--rig", rig, "--profile", "power-capped")
+    assert result.returncode == 0, result.stderr
+    shown = [
+        line.split(":")[1].split("(")[0].strip()
+        for line in result.stdout.splitlines()
+        if line.startswith("  GPU ") and " W (" in line
+    ]
+    assert shown == ["337 W", "262 W"]
+    assert "rounded down from 337.5 W" in result.stdout
+    document = json.loads(
+        run_provision("plan", "--rig", rig, "--profile", "power-capped", "--json").stdout
+    )
+    assert [p["target_w"] for p in document["power"]] == [337, 262]
+
+
 def test_plan_bad_profile_exits_2_naming_file_line_field(tmp_path: Path) -> None:
     profile = tmp_path / "bad.yaml"
     profile.write_text("models:\n  - ref: llama3.1:8b\n    parallel: -2\n")

@@ -436,3 +436,23 @@ def test_a_replica_count_the_rig_cannot_build_is_warned_about(tmp_path: Path) ->
     ignored = _profile(tmp_path, "extends: llama-server\nreplicas: 2\n")
     served = _place("synthetic-2x3090-x16-x8", ignored)
     assert any(w.startswith("replicas: 2 is ignored: llama-server") for w in served.warnings)
+
+
+def test_a_mig_enabled_gpu_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """CUDA sees only MIG devices on such a card, and the snapshot lists none of them."""
+    with pytest.raises(InputError) as refused:
+        _place("synthetic-1xa100-mig", "ollama-auto")
+    assert "GPU 0 (A100 80GB PCIe) has MIG enabled" in refused.value.message
+    assert "nvidia-smi -i 0 -mig 0" in (refused.value.hint or "")
+    rig = load_named_rig("synthetic-2x3090-x16-x8")
+    mixed = replace(rig, gpus=(rig.gpus[0], replace(rig.gpus[1], mig_enabled=True)))
+    profile = load_profile(_profile(tmp_path, "extends: ollama-replicas\n"))
+    specs = {m.ref: resolve(m.ref, os.environ) for m in profile.models}
+    with pytest.raises(InputError) as refused:
+        place(mixed, profile, specs)
+    assert "`gpus: [0]`" in (refused.value.hint or "")
+    # Kept off the card by the profile: placed on the other GPU only, no replica on the MIG one.
+    pinned = "extends: ollama-replicas\nmodels: [{ref: llama3.1:8b, gpus: [0]}]\n"
+    profile = load_profile(_profile(tmp_path, pinned))
+    plan = place(mixed, profile, {m.ref: resolve(m.ref, os.environ) for m in profile.models})
+    assert [i.gpu_uuids for i in plan.instances] == [(rig.gpus[0].uuid,)]

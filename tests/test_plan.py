@@ -304,6 +304,32 @@ def test_power_limits_live() -> None:
     assert [(a.target, a.watts) for a in power] == [(GPUS[1], 350.0)]
 
 
+def test_a_gpu_leaving_the_power_unit_gets_its_recorded_default_back() -> None:
+    """The unit's restart would run the new ExecStop, which no longer names the GPU: it is
+    stopped first, under the old definition, and the GPU is also set to its recorded default."""
+    full = state_a()
+    unit_path = f"{SYSTEMD}/{POWER_UNIT}"
+    files = tuple(
+        replace(f, content=f.content + f"# {GPUS[0]} only\n") if f.path == unit_path else f
+        for f in full.files
+    )
+    one = replace(full, files=files, power=full.power[:1])
+    plan = make_plan(one, applied(full, live=True))
+    order = kinds(plan)
+    stop = order.index(("stop", POWER_UNIT))
+    assert stop < order.index(("write-file", unit_path)) < order.index(("restart", POWER_UNIT))
+    assert GPUS[1] in plan.actions[stop].reason and "default" in plan.actions[stop].reason
+    power = [a for a in plan.actions if a.kind is ActionKind.SET_POWER]
+    assert [(a.target, a.watts) for a in power] == [(GPUS[1], 350)]
+    # Whole watts, as the unit's ExecStop writes them: a recorded 115.5 W default is set as 115.
+    manifest = build_manifest(replace(full, power=(replace(full.power[1], default_w=115.5),)))
+    plan = make_plan(one, applied(full, live=True, manifest=manifest))
+    assert [a.watts for a in plan.actions if a.kind is ActionKind.SET_POWER] == [115]
+    # Nothing leaves: no stop, the restart alone applies the new limits.
+    plan = make_plan(replace(full, files=files), applied(full, live=True))
+    assert ("stop", POWER_UNIT) not in kinds(plan) and ("restart", POWER_UNIT) in kinds(plan)
+
+
 def test_models_are_created_only_when_missing_or_their_modelfile_changed() -> None:
     desired = state_a()
     observed = applied(desired, live=True, ollama_models=frozenset({"llama3.1:8b"}))

@@ -104,6 +104,34 @@ def test_power_unit_orders_before_replicas(tmp_path: Path) -> None:
     assert "After=network-online.target gpu-power-limits.service\n" in template
 
 
+def test_the_power_unit_sets_the_watts_the_plan_decided() -> None:
+    desired = _desired("power-capped", "synthetic-4090-3090")  # a 337.5:262.5 W share
+    unit = _file(desired, "/etc/systemd/system/gpu-power-limits.service")
+    written = [
+        line.rsplit(" ", 1)[1]
+        for line in unit.splitlines()
+        if line.startswith("ExecStart=") and " -pl " in line
+    ]
+    assert written == [str(p.target_w) for p in desired.power] == ["337", "262"]
+
+
+def test_a_disabled_power_unit_is_not_pulled_in_by_the_inference_units(tmp_path: Path) -> None:
+    """Wants= would start it at boot even when disabled (systemd.unit(5): a Wants= dependency
+    is enqueued with the unit); After= only orders it, so `systemctl disable` keeps it off."""
+    profile = tmp_path / "replicas-capped.yaml"
+    profile.write_text("extends: ollama-replicas\npower: {per_gpu_w: 250}\n")
+    replicas = desired_state(TWO_3090, str(profile), ENVIRON)[1]
+    units = [
+        _file(replicas, OLLAMA_TEMPLATE_UNIT),
+        _file(_desired("power-capped"), OLLAMA_DROPIN),
+        *(f.content for f in _desired("llama-server").files if f.path.endswith(".service")),
+    ]
+    for text in units:
+        assert "Wants=gpu-power-limits.service" not in text
+    power = _file(replicas, "/etc/systemd/system/gpu-power-limits.service")
+    assert "\n[Install]\nWantedBy=multi-user.target\n" in power
+
+
 def test_models_are_created_from_their_modelfiles() -> None:
     desired = _desired("ollama-auto")
     assert [(m.name, m.base) for m in desired.models] == [

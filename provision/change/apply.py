@@ -23,11 +23,13 @@ from provision import __version__
 from provision.change.actions import Action, ActionKind, Plan, describe
 from provision.change.backup import (
     Backup,
+    Origin,
     create_backup,
     mark_rolled_back,
     restore_action,
     systemd_undo,
 )
+from provision.change.history import prune
 from provision.change.host import Host, open_lock_file, remove_file, write_atomic
 from provision.change.manifest import encode, units_from_manifest
 from provision.change.observe import ollama_address, read_manifest
@@ -105,10 +107,12 @@ def execute(
     units: Mapping[str, DesiredUnit],
     settings: Settings,
     report: Report,
+    origin: Origin | None = None,
 ) -> Outcome:
-    """Run every action of the plan in order; on failure restore the backup and raise."""
+    """Run every action of the plan in order; on failure restore the backup and raise. Once
+    done, backups beyond the retention are pruned (provision.change.history)."""
     _refuse(plan, settings.force)
-    backup = create_backup(host, plan)
+    backup = create_backup(host, plan, origin or Origin())
     kill_at = _kill_step()
     done: list[Action] = []
     skipped: list[Action] = []
@@ -128,7 +132,19 @@ def execute(
         except BaseException as exc:
             _fail(host, backup, done, action, f"{step}", exc, report)
         done.append(action)
+    _prune(host, report)
     return Outcome(backup.stamp, tuple(done), tuple(skipped))
+
+
+def _prune(host: Host, report: Report) -> None:
+    """The change is complete: a backup that cannot be removed is reported, not a failure."""
+    try:
+        removed = prune(host, datetime.now(UTC))
+    except HostError as exc:
+        report(f"warning: old backups not pruned: {exc.message}")
+        return
+    if removed:
+        report(f"pruned {len(removed)} old backup(s): {', '.join(removed)}")
 
 
 def _refuse(plan: Plan, force: bool) -> None:
@@ -183,12 +199,14 @@ def _perform(
         verb = "restart" if kind is ActionKind.RESTART else "reload-or-restart"
         _command(host.systemctl(verb, target))
         _await_unit(host, target, units.get(target), settings.check_timeout_s)
-    elif kind is ActionKind.SET_POWER and action.source:
-        # The script the power unit runs at boot: one way to set an AMD cap, clamped, read back.
-        watts = f"{int(action.watts or 0)}"
-        _command(["/bin/sh", AMDGPU_POWER_SCRIPT, action.source, watts])
     elif kind is ActionKind.SET_POWER:
-        _command(["nvidia-smi", "-i", target, "-pl", f"{action.watts:g}"])
+        # Whole watts, as the plan decided them and as the power unit writes them at boot.
+        watts = f"{int(action.watts or 0)}"
+        if action.source:
+            # The script the power unit runs at boot: one way to set an AMD cap, read back.
+            _command(["/bin/sh", AMDGPU_POWER_SCRIPT, action.source, watts])
+        else:
+            _command(["nvidia-smi", "-i", target, "-pl", watts])
     elif kind in (ActionKind.PULL_MODEL, ActionKind.CREATE_MODEL, ActionKind.REMOVE_MODEL):
         _command(_ollama(units, kind, target, action.source), PULL_TIMEOUT_S)
     else:

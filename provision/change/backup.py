@@ -3,6 +3,11 @@
 A backup lives in /var/lib/provision/backups/<UTC timestamp>/: the files as they were, and an
 index.json written last, so an index marks a complete backup. An apply that failed and was
 undone leaves a marker, and a plain `rollback` skips such a backup.
+
+A rollback is a change too and makes its own backup, whose index names the backup it restored
+(`undoes`). A plain `rollback` steps back one apply at a time: it skips a rollback's backup and
+everything from the backup that rollback restored on, so a second rollback goes one further
+back instead of undoing the first.
 """
 
 from __future__ import annotations
@@ -48,9 +53,20 @@ class Backup:
     # Each unit's state before provision first managed it (provision.change.prior), as the
     # manifest this apply writes carries it on.
     prior_units: tuple[Mapping[str, str | None], ...] = ()
+    profile: str | None = None  # what the apply installed: a profile name or file, as given
+    undoes: str | None = None  # a rollback's backup: the backup it restored
 
 
-def create_backup(host: Host, plan: Plan) -> Backup:
+@dataclass(frozen=True)
+class Origin:
+    """What a change is, recorded in its backup: the profile it installs, or the backup a
+    rollback restores."""
+
+    profile: str | None = None
+    undoes: str | None = None
+
+
+def create_backup(host: Host, plan: Plan, origin: Origin = Origin()) -> Backup:
     """Copy every file the plan will touch; the index, written last, marks it complete."""
     stamp = _new_stamp(host)
     base = f"{BACKUPS_DIR}/{stamp}"
@@ -79,6 +95,8 @@ def create_backup(host: Host, plan: Plan) -> Backup:
         disabled=tuple(targets[ActionKind.DISABLE]),
         was_active=was_active,
         prior_units=tuple(plan.manifest.get(PRIOR_KEY, ())),
+        profile=origin.profile,
+        undoes=origin.undoes,
     )
     index = json.dumps(_backup_to_plain(backup), indent=2) + "\n"
     write_atomic(host, f"{base}/index.json", index.encode(), 0o600, os.geteuid(), os.getegid())
@@ -106,6 +124,12 @@ def _backup_to_plain(backup: Backup) -> dict[str, object]:
     return {"schema": 1, **vars(backup), "files": files}
 
 
+def stamp_order(stamp: str) -> tuple[str, int]:
+    """Backups sort by time, then by the -N of a second backup within the same second."""
+    time, _, n = stamp.partition("-")
+    return time, int(n) if n.isdigit() else 1
+
+
 def list_backups(host: Host) -> list[str]:
     """Complete backups (those with an index), oldest first."""
     stamps = [
@@ -113,23 +137,66 @@ def list_backups(host: Host) -> list[str]:
         for s in list_dir(host, BACKUPS_DIR)
         if read_file(host, f"{BACKUPS_DIR}/{s}/index.json").kind == "file"
     ]
-    return sorted(stamps, key=lambda s: (s.split("-")[0], int(s.partition("-")[2] or 1)))
+    return sorted(stamps, key=stamp_order)
 
 
 def rolled_back(host: Host, stamp: str) -> bool:
     return read_file(host, f"{BACKUPS_DIR}/{stamp}/{ROLLED_BACK_MARKER}").kind == "file"
 
 
+def undoes(host: Host, stamp: str) -> str | None:
+    """The backup that the rollback which made `stamp` restored; None for an apply's backup
+    (or an index too damaged to say: loading it for a restore reports that)."""
+    try:
+        value = json.loads(read_file(host, f"{BACKUPS_DIR}/{stamp}/index.json").data).get("undoes")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def next_to_restore(
+    stamps: Sequence[str], failed: set[str], undone_by: dict[str, str]
+) -> str | None:
+    """What a plain `rollback` restores, stepping back one apply at a time (pure).
+
+    Newest first: a backup whose apply failed (and was undone at once) is skipped; a rollback's
+    backup is skipped with everything from the backup it restored on (that state is gone
+    already), so repeated rollbacks walk back instead of undoing each other.
+    """
+    floor: tuple[str, int] | None = None  # skip every backup at or after this one
+    for stamp in reversed(stamps):
+        if floor is not None and stamp_order(stamp) >= floor:
+            continue
+        if stamp in failed:
+            continue
+        if stamp in undone_by:
+            restored = stamp_order(undone_by[stamp])
+            floor = restored if floor is None else min(floor, restored)
+            continue
+        return stamp
+    return None
+
+
+def rollback_target(host: Host) -> str | None:
+    stamps = list_backups(host)
+    failed = {s for s in stamps if rolled_back(host, s)}
+    restores = {s: u for s in stamps if (u := undoes(host, s)) is not None}
+    return next_to_restore(stamps, failed, restores)
+
+
 def load_backup(host: Host, stamp: str | None) -> Backup:
-    """The backup `stamp`, or the last one whose apply was not rolled back already."""
+    """The backup `stamp`, or the one a plain rollback restores (see next_to_restore)."""
     stamps = list_backups(host)
     if not stamps:
         raise HostError(f"no complete backup under {host.path(BACKUPS_DIR)}")
     if stamp is None:
-        undone = {s for s in stamps if rolled_back(host, s)}
-        stamp = next((s for s in reversed(stamps) if s not in undone), None)
+        stamp = rollback_target(host)
         if stamp is None:
-            raise HostError("every backup is of an apply that was already rolled back")
+            raise HostError(
+                "no earlier backup to step back to: every backup is of an apply that was "
+                "rolled back or undone already",
+                hint="'provision rollback --list' shows them; '--to TIMESTAMP' restores any one",
+            )
     elif stamp not in stamps:
         raise InputError(
             f"no complete backup {stamp} under {host.path(BACKUPS_DIR)}",
@@ -147,9 +214,20 @@ def load_backup(host: Host, stamp: str | None) -> Backup:
         lists = {k: tuple(data[k]) for k in ("restarted", "enabled", "disabled")}
         was_active = None if data["was_active"] is None else tuple(data["was_active"])
         prior_units = tuple(dict(u) for u in data.get(PRIOR_KEY, ()))  # older indexes: none
+        profile, undone = data.get("profile"), data.get("undoes")  # absent in older indexes
+        if not all(v is None or isinstance(v, str) for v in (profile, undone)):
+            raise TypeError(f"profile and undoes must be strings: {profile!r}, {undone!r}")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # truncated, wrong types
         raise HostError(f"{where}: not a backup index: {exc!r}"[:400], hint=hint) from None
-    return Backup(stamp, files, **lists, was_active=was_active, prior_units=prior_units)
+    return Backup(
+        stamp,
+        files,
+        **lists,
+        was_active=was_active,
+        prior_units=prior_units,
+        profile=profile,
+        undoes=undone,
+    )
 
 
 def saved_file(host: Host, backup: Backup, entry: BackupFile) -> DesiredFile | None:

@@ -13,6 +13,7 @@ import errno
 import grp
 import os
 import pwd
+import shutil
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -185,6 +186,28 @@ def remove_file(host: Host, target: str) -> None:
         pass
     except OSError as exc:
         raise HostError(f"{host.path(target)}: cannot remove: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)
+
+
+def remove_tree(host: Host, target_dir: str) -> None:
+    """Remove target_dir and everything in it (a pruned backup); absent already is fine.
+
+    rmtree relative to the parent's fd, which it walks without following symlinks
+    (shutil.rmtree.avoids_symlink_attacks on Linux): a link inside never leads out of it.
+    """
+    parent, name = os.path.split(confine(target_dir))
+    try:
+        dir_fd = _open_dir(host, parent, create=False)
+    except FileNotFoundError:
+        return
+    try:
+        shutil.rmtree(name, dir_fd=dir_fd)
+        os.fsync(dir_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise HostError(f"{host.path(target_dir)}: cannot remove: {exc.strerror}") from None
     finally:
         os.close(dir_fd)
 

@@ -14,6 +14,7 @@ apply refuses them without --force, as it refuses to replace such a file.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +39,7 @@ from provision.paths import (
     ENABLED_STATES,
     MANIFEST_PATH,
     OLLAMA_UNIT,
+    POWER_UNIT,
     RUNNING_STATES,
     SYSTEMD_DIR,
     instances_of,
@@ -73,6 +75,7 @@ def make_plan(desired: DesiredState, observed: Observed) -> Plan:
     back = prior.given_back(desired.units, observed)
     sections = [
         _plan_obsolete_units(desired, observed, back),
+        _plan_power_handover(desired, observed, dirty),
         files,
         _plan_daemon_reload(dirty, observed),
         _plan_enable(desired, observed),
@@ -297,6 +300,31 @@ def _plan_obsolete_units(
     return section
 
 
+def _plan_power_handover(desired: DesiredState, observed: Observed, dirty: set[str]) -> Section:
+    """A GPU leaves the power unit: stop the unit while its old definition is loaded.
+
+    Its restart later runs the ExecStop of the new definition, which no longer names that GPU,
+    so the GPU would keep its planned limit until the next boot; the old ExecStop (and the AMD
+    cap script, still there before the files are written) puts its recorded default back. The
+    restart section then starts the unit under the new definition.
+    """
+    section = Section(observed.live)
+    wanted = {p.uuid for p in desired.power}
+    leaving = [
+        str(p.get("uuid"))
+        for p in (observed.manifest or {}).get("power", ())
+        if isinstance(p, Mapping) and p.get("uuid") not in wanted
+    ]
+    unit = observed.units.get(POWER_UNIT)
+    planned = any(u.name == POWER_UNIT and u.active for u in desired.units)
+    if not (leaving and planned and unit_file(POWER_UNIT) in dirty):
+        return section
+    if unit is not None and unit.active in RUNNING_STATES:
+        reason = f"{', '.join(leaving)} leave(s) it: its old ExecStop restores their default"
+        section.act(ActionKind.STOP, POWER_UNIT, reason)
+    return section
+
+
 def _inputs(
     desired: DesiredState, dirty: set[str], previous: Mapping[str, Mapping[str, Any]]
 ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -392,7 +420,7 @@ def _plan_power(desired: DesiredState, observed: Observed) -> Section:
             targets.append(
                 (
                     uuid,
-                    float(default_w),
+                    math.floor(default_w),  # whole watts, as the power unit's ExecStop
                     "no longer managed: restore the default",
                     device if isinstance(device, str) else None,
                 )

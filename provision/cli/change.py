@@ -30,6 +30,7 @@ from provision.cli.options import (
     rig_options,
 )
 from provision.errors import ExitCode, HostError, InputError
+from provision.paths import BACKUPS_DIR, KEEP_BACKUP_DAYS, KEEP_BACKUPS
 from provision.systemd import Override
 
 if TYPE_CHECKING:
@@ -275,6 +276,7 @@ def apply(
     """
     # lazy: the executor (sockets, locks, backups) is not needed by diff, which shares this module
     from provision.change.apply import Settings, execute, locked
+    from provision.change.backup import Origin
 
     host = Host.at(root)
     desired, warnings = load_desired(
@@ -307,7 +309,8 @@ def apply(
         _ask(yes, f"apply {len(plan.changes)} change(s) to {host.root}?")
         units = {u.name: u for u in desired.units}
         settings = Settings(force=force, check_timeout_s=check_timeout)
-        outcome = execute(host, plan, units, settings, report)
+        profile = str(desired_json) if desired_json else profile_ref or "(default)"
+        outcome = execute(host, plan, units, settings, report, Origin(profile=profile))
     _done(outcome, host, plan, as_json)
 
 
@@ -337,13 +340,31 @@ def _done(outcome: Outcome | None, host: Host, plan: Plan, as_json: bool) -> Non
         )
 
 
-@click.command()
+ROLLBACK_EPILOG = (
+    f"Backups live in {BACKUPS_DIR}/. After every completed apply or rollback, a backup is "
+    f"pruned when it is neither among the {KEEP_BACKUPS} newest nor younger than "
+    f"{KEEP_BACKUP_DAYS} days; the one the next rollback restores and the one the current "
+    "manifest names are always kept."
+)
+
+
+@click.command(epilog=ROLLBACK_EPILOG)
 @rig_options
 @json_option
 @change_options
-@click.option("--to", "stamp", metavar="TIMESTAMP", help="The backup to restore (default: last).")
+@click.option(
+    "--to",
+    "stamp",
+    metavar="TIMESTAMP",
+    help="The backup to restore (default: one step back, as --list marks).",
+)
 @click.option("--list", "list_only", is_flag=True, help="List the complete backups and exit.")
+@click.option(
+    "--dry-run", is_flag=True, help="Show what would be restored and change nothing (exit 0/1)."
+)
+@click.pass_context
 def rollback(
+    ctx: click.Context,
     rig_file: Path | None,
     sysfs: Path,
     root: Path,
@@ -352,24 +373,27 @@ def rollback(
     lock_timeout: float,
     stamp: str | None,
     list_only: bool,
+    dry_run: bool,
 ) -> None:
-    """Restore the files (and unit states) from before an apply, from its backup."""
+    """Restore the files (and unit states) from before an apply, from its backup.
+
+    A plain rollback steps back one apply at a time: run again, it goes one further back.
+    """
     # lazy: as in apply, diff does not pay for the executor and the backups
     from provision.change.apply import Settings, execute, locked
-    from provision.change.backup import list_backups, load_backup, rollback_plan, rolled_back
+    from provision.change.backup import Origin, load_backup, rollback_plan
 
     host = Host.at(root)
     if list_only:
-        stamps = {s: rolled_back(host, s) for s in list_backups(host)}
-        if as_json:
-            listing = [{"backup": s, "rolled_back": r} for s, r in stamps.items()]
-            click.echo(json.dumps(listing, indent=2))
-        else:
-            lines = [
-                f"{s}  (apply failed and was rolled back)" if r else s for s, r in stamps.items()
-            ]
-            click.echo("\n".join(lines) or "no backups")
+        _list_backups(host, as_json)
         return
+    if dry_run:
+        backup = load_backup(host, stamp)
+        plan = rollback_plan(host, backup)
+        _show(plan, host, as_json, verbose=False, force=True, warnings=())
+        if not as_json:
+            click.echo(f"dry run: nothing was changed (would restore backup {backup.stamp})")
+        ctx.exit(int(ExitCode.OK if not plan.actions else ExitCode.CHANGES_PENDING))
     _confirmation_possible(yes)
     _existing_root(host)
     report = _reporter(as_json)
@@ -382,5 +406,29 @@ def rollback(
         if not as_json:
             print_plan(plan, host, verbose=False, force=True)
         _ask(yes, f"restore {host.root} as it was before apply {backup.stamp}?")
-        outcome = execute(host, plan, {}, Settings(force=True), report)
+        origin = Origin(undoes=backup.stamp)
+        outcome = execute(host, plan, {}, Settings(force=True), report, origin)
     _done(outcome, host, plan, as_json)
+
+
+def _list_backups(host: Host, as_json: bool) -> None:
+    """One line per backup: when (its name, UTC), what it was, how much it touched."""
+    from provision.change.history import summaries  # lazy, as the executor above
+
+    entries = summaries(host)
+    if as_json:
+        listing = [
+            {
+                "backup": e.stamp,
+                "rolled_back": e.failed,
+                "profile": e.profile,
+                "undoes": e.undoes,
+                "files": e.files,
+                "units": e.units,
+                "next_rollback": e.next_rollback,
+            }
+            for e in entries
+        ]
+        click.echo(json.dumps(listing, indent=2))
+    else:
+        click.echo("\n".join(e.line() for e in entries) or "no backups")

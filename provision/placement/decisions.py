@@ -63,7 +63,7 @@ class ModelPlacement:
 class PowerDecision:
     index: int
     uuid: str
-    target_w: float
+    target_w: int  # whole watts, as nvidia-smi -pl and amdgpu take them
     default_w: float | None
     reason: str
     # AMD: the card's PCI device directory on the target (the cap goes to its hwmon's

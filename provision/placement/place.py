@@ -194,6 +194,7 @@ def _runnable(rig: Rig, profile: Profile, traits: RigTraits, warnings: list[str]
             hint="check the driver (nvidia-smi, or lsmod | grep amdgpu) and probe again, or "
             "plan for a recorded rig with --rig FILE",
         )
+    _refuse_mig(rig, profile)
     unusable = {g.index for g in rig.gpus if _never_runs_models(g)}
     if len(unusable) == len(rig.gpus):
         why = "; ".join(f"{gpu_label(g)}: {_never_runs_models(g)}" for g in rig.gpus)
@@ -213,8 +214,35 @@ def _runnable(rig: Rig, profile: Profile, traits: RigTraits, warnings: list[str]
     return replace(rig, gpus=tuple(g for g in rig.gpus if g.index not in unusable))
 
 
+def _refuse_mig(rig: Rig, profile: Profile) -> None:
+    """A MIG-enabled card is refused while a model may land on it.
+
+    With MIG on, CUDA enumerates only the card's MIG devices, named MIG-<uuid> in
+    CUDA_VISIBLE_DEVICES (CUDA C Programming Guide, "CUDA Environment Variables"); the GPU's
+    own UUID there shows a unit nothing to run on. The snapshot records no MIG devices (NVML's
+    mode only), so there is nothing right to write: the fix is to turn MIG off, or to keep the
+    card out of every model's `gpus:`.
+    """
+    mig = [g for g in rig.gpus if g.mig_enabled]
+    used = [g for g in mig if any(m.gpus is None or g.index in m.gpus for m in profile.models)]
+    if not used:
+        return
+    gpu = used[0]
+    others = [g.index for g in rig.gpus if not g.mig_enabled]
+    keep_off = f", or pin every model to other GPUs with `gpus: {others}` in the profile"
+    raise InputError(
+        f"{gpu_label(gpu)} has MIG enabled: CUDA sees only its MIG devices (MIG-<uuid>), which "
+        "the rig snapshot does not list, so no unit can be given this card",
+        hint=f"disable MIG: sudo nvidia-smi -i {gpu.index} -mig 0, then reset the GPU "
+        f"(sudo nvidia-smi -i {gpu.index} -r) or reboot, and probe again"
+        + (keep_off if others else ""),
+    )
+
+
 def _never_runs_models(gpu: Gpu) -> str | None:
     """Why a card can never run a model (an AMD iGPU, a card ROCm cannot use), or None."""
+    if gpu.mig_enabled:
+        return "MIG enabled: CUDA sees only its MIG devices"
     if gpu.amd is not None and gpu.amd.integrated:
         return "an integrated GPU"
     if gpu.amd is not None and not gpu.amd.rocm_usable:

@@ -1,8 +1,14 @@
 """Power limits from a profile: per-GPU watts or a PSU budget, clamped to the driver's range
-(NVML's for NVIDIA, hwmon's power1_cap_min/max for AMD). Pure."""
+(NVML's for NVIDIA, hwmon's power1_cap_min/max for AMD), in whole watts. Pure.
+
+Whole watts because that is what is applied: the power unit writes `nvidia-smi -pl N` (an
+integer, see render/filters.py `watts`) and amdgpu takes whole watts
+(amdgpu_hwmon_set_power_cap), so `plan`, the unit, `apply` and `verify` all use one number.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from provision.errors import ProfileFieldError
@@ -23,15 +29,17 @@ def _source(gpu: Gpu) -> str:
     return "amdgpu's" if gpu.vendor == Vendor.AMD else "NVML's"
 
 
-def _clamp(gpu: Gpu, watts: float) -> tuple[float, str]:
+def _clamp(gpu: Gpu, watts: float) -> tuple[int, str]:
+    """Whole watts within the driver's range: rounded down (a budget stays a budget), but
+    never below the minimum (rounded up) nor above the maximum (rounded down)."""
     low, high = gpu.power.min_w, gpu.power.max_w
-    if gpu.vendor == Vendor.AMD:
-        watts = float(int(watts))  # amdgpu takes whole watts (amdgpu_hwmon_set_power_cap)
-    if low is not None and watts < low:
-        return low, f"raised to {_source(gpu)} minimum {low:g} W"
-    if high is not None and watts > high:
-        return high, f"lowered to {_source(gpu)} maximum {high:g} W"
-    return watts, f"within {_source(gpu)} range {low or 0:g}-{high or 0:g} W"
+    whole = math.floor(watts)
+    if low is not None and whole < low:
+        return math.ceil(low), f"raised to {_source(gpu)} minimum {low:g} W"
+    if high is not None and whole > high:
+        return math.floor(high), f"lowered to {_source(gpu)} maximum {high:g} W"
+    rounded = "" if whole == watts else f" (rounded down from {watts:.4g} W)"
+    return whole, f"within {_source(gpu)} range {low or 0:g}-{high or 0:g} W{rounded}"
 
 
 def decide(rig: Rig, profile: Profile, sysfs_root: str = "/sys") -> PowerPlan:
@@ -65,7 +73,7 @@ def decide(rig: Rig, profile: Profile, sysfs_root: str = "/sys") -> PowerPlan:
             PowerDecision(
                 gpu.index,
                 gpu.uuid,
-                round(target, 1),
+                target,
                 gpu.power.default_w,
                 f"{why}; {clamp}",
                 device=(

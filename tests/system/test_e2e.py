@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from provision.cli.main import cli
@@ -301,13 +302,31 @@ def test_power_capped_on_2x3090(make_box: Callable[[str, str], Box]) -> None:
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert_verified(box)
 
-    # Disabled, the oneshot still runs at boot: ollama.service's drop-in Wants= it. verify
-    # reports the disabled unit; the limits hold.
+    # GPU 1 leaves the power plan (its driver reports no range now): it gets its recorded
+    # default back, GPU 0 keeps its limit (300 W per GPU, as the budget gave before), and the
+    # power unit runs on for GPU 0 alone.
+    rig = yaml.safe_load((RIGS / f"{RIG_2X3090}.yaml").read_text())
+    rig["gpus"][1]["power"].update(min_w=None, max_w=None)
+    box.container.put("/root/rig-one.yaml", yaml.safe_dump(rig))
+    box.container.put("/root/capped.yaml", "extends: ollama-auto\npower: {per_gpu_w: 300}\n")
+    one = ("--rig", "/root/rig-one.yaml", "--profile", "/root/capped.yaml")
+    left = box.provision("apply", "--yes", *one)
+    assert left.returncode == 0, left.stdout + left.stderr
+    assert "stop gpu-power-limits.service" in left.stdout
+    limits = box.run("nvidia-smi", "--query-gpu=uuid,power.limit", "--format=csv,noheader,nounits")
+    assert limits.stdout.splitlines() == [f"{GPU0_3090}, 300.00", f"{GPU1_3090}, 350.00"]
+    assert box.provision("diff", *one).returncode == 0
+    report = assert_verified(box)
+    assert ids(report) == POWER_CHECKS - {f"power:{GPU1_3090}"}
+
+    # Disabled, the oneshot stays off at boot (the inference units only order after it): verify
+    # reports it and the limit the boot reset.
     box.run("systemctl", "disable", "gpu-power-limits.service")
     box.container.reboot()
     code, report = box.verify()
     assert failures(report) == {
-        "unit:gpu-power-limits.service": "disabled, wanted enabled; ran this boot and succeeded"
+        "unit:gpu-power-limits.service": "disabled, wanted enabled; has not run since boot",
+        f"power:{GPU0_3090}": "power limit 350 W, planned 300 W",
     }
 
 

@@ -54,9 +54,7 @@ def root(context, missing=missing):
     yield '\n'
     if (undefined(name='power_unit') if l_0_power_unit is missing else l_0_power_unit):
         pass
-        yield 'After=network-online.target '
-        yield str(t_6((undefined(name='power_unit') if l_0_power_unit is missing else l_0_power_unit)))
-        yield '\nWants='
+        yield '# After= only orders: the power unit runs at boot when it is enabled (its own WantedBy=), and a\n# `systemctl disable` of it stays in force (a Wants= here would start it anyway).\nAfter=network-online.target '
         yield str(t_6((undefined(name='power_unit') if l_0_power_unit is missing else l_0_power_unit)))
         yield '\n'
     else:
@@ -77,4 +75,4 @@ def root(context, missing=missing):
     yield '\n# A transient user: no account to create, and the sandbox it implies (read-only system,\n# private /tmp). The GGUF file must be readable by other users.\nDynamicUser=yes\nRestart=on-failure\nRestartSec=3\n\n[Install]\nWantedBy=multi-user.target\n'
 
 blocks = {}
-debug_info = '1=51&3=53&4=55&5=58&6=60&12=66&13=70&15=74'
+debug_info = '1=51&3=53&4=55&7=58&13=64&14=68&16=72'

@@ -36,9 +36,7 @@ def root(context, missing=missing):
     yield '/N.env. Models are stored once, in the store named there; nginx\n# balances the public port over the instances.\n[Unit]\nDescription=Ollama replica %i\n'
     if (undefined(name='power_unit') if l_0_power_unit is missing else l_0_power_unit):
         pass
-        yield 'After=network-online.target '
-        yield str(t_3((undefined(name='power_unit') if l_0_power_unit is missing else l_0_power_unit)))
-        yield '\nWants='
+        yield '# After= only orders: the power unit runs at boot when it is enabled (its own WantedBy=), and a\n# `systemctl disable` of it stays in force (a Wants= here would start it anyway).\nAfter=network-online.target '
         yield str(t_3((undefined(name='power_unit') if l_0_power_unit is missing else l_0_power_unit)))
         yield '\n'
     else:
@@ -51,4 +49,4 @@ def root(context, missing=missing):
     yield '/%i.env\nRestart=always\nRestartSec=3\n\n[Install]\nWantedBy=multi-user.target\n'
 
 blocks = {}
-debug_info = '1=33&3=35&7=37&8=40&9=42&15=48&18=50'
+debug_info = '1=33&3=35&7=37&10=40&16=46&19=48'

@@ -27,9 +27,7 @@ def root(context, missing=missing):
     yield "\n# Settings for the stock ollama.service (the unit Ollama's installer writes).\n"
     if (undefined(name='power_unit') if l_0_power_unit is missing else l_0_power_unit):
         pass
-        yield '[Unit]\nAfter='
-        yield str(t_2((undefined(name='power_unit') if l_0_power_unit is missing else l_0_power_unit)))
-        yield '\nWants='
+        yield '# After= only orders: a disabled power unit stays off (a Wants= here would start it anyway).\n[Unit]\nAfter='
         yield str(t_2((undefined(name='power_unit') if l_0_power_unit is missing else l_0_power_unit)))
         yield '\n'
     yield '\n[Service]\n'
@@ -42,4 +40,4 @@ def root(context, missing=missing):
     l_1_pair = missing
 
 blocks = {}
-debug_info = '1=26&3=28&5=31&6=33&10=36&11=40'
+debug_info = '1=26&3=28&6=31&10=34&11=38'

@@ -32,13 +32,13 @@ def root(context, missing=missing):
     yield str((undefined(name='header') if l_0_header is missing else l_0_header))
     yield '\n# amdgpu returns every card to its default power cap on suspend and resume: after waking up,\n# this oneshot restarts '
     yield str((undefined(name='power_unit') if l_0_power_unit is missing else l_0_power_unit))
-    yield ', which sets the planned caps again.\n[Unit]\nDescription=GPU power limits again after resume\nAfter='
+    yield ', which sets the planned caps again;\n# try-restart only when it is active, so a power unit that was disabled or stopped stays off.\n[Unit]\nDescription=GPU power limits again after resume\nAfter='
     yield str(t_1(context.eval_ctx, t_2(context, (undefined(name='sleep_targets') if l_0_sleep_targets is missing else l_0_sleep_targets), 'unit_name'), ' '))
-    yield '\n\n[Service]\nType=oneshot\nExecStart=/bin/systemctl restart '
+    yield '\n\n[Service]\nType=oneshot\nExecStart=/bin/systemctl try-restart '
     yield str(t_3((undefined(name='power_unit') if l_0_power_unit is missing else l_0_power_unit)))
     yield '\n\n[Install]\nWantedBy='
     yield str(t_1(context.eval_ctx, t_2(context, (undefined(name='sleep_targets') if l_0_sleep_targets is missing else l_0_sleep_targets), 'unit_name'), ' '))
     yield '\n'
 
 blocks = {}
-debug_info = '1=32&3=34&6=36&10=38&13=40'
+debug_info = '1=32&3=34&7=36&11=38&14=40'
