@@ -33,7 +33,18 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"command"}),
     # Shared leaves: they may import each other, nothing else.
     frozenset(
-        {"errors", "typed_load", "desired", "paths", "ollama", "rocm", "assets", "units", ""}
+        {
+            "errors",
+            "typed_load",
+            "desired",
+            "paths",
+            "ollama",
+            "rocm",
+            "assets",
+            "units",
+            "documents",
+            "",
+        }
     ),
 )
 # The change engine and verify know the world only through DesiredState, the manifest, paths

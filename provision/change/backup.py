@@ -19,6 +19,7 @@ from provision.change.manifest import encode, sha256
 from provision.change.observe import read_file, recorded_paths, unit_states
 from provision.change.plan import file_diff
 from provision.desired import DesiredFile
+from provision.documents import load_json
 from provision.errors import HostError, InputError
 from provision.paths import BACKUPS_DIR, ENABLED_BY_US, SYSTEMD_DIR
 
@@ -133,7 +134,7 @@ def load_backup(host: Host, stamp: str | None) -> Backup:
     where = host.path(f"{BACKUPS_DIR}/{stamp}/index.json")
     hint = "this backup cannot be restored: pick another with 'provision rollback --to'"
     try:
-        data = json.loads(read_file(host, f"{BACKUPS_DIR}/{stamp}/index.json").data)
+        data = load_json(read_file(host, f"{BACKUPS_DIR}/{stamp}/index.json").data)
         recorded_paths(data["files"], f"{where}: files", hint)
         files = tuple(
             BackupFile(**{**f, "mode": None if f["mode"] is None else int(f["mode"], 8)})

@@ -20,8 +20,10 @@ from typing import Any
 from provision import ollama
 from provision.change.actions import Observed, ObservedFile, ObservedUnit
 from provision.change.host import Host
+from provision.change.manifest import shape_problem
 from provision.command import run
 from provision.desired import DesiredState, DesiredUnit
+from provision.documents import load_json
 from provision.errors import HostError
 from provision.paths import (
     MANIFEST_PATH,
@@ -150,12 +152,15 @@ def read_manifest(host: Host) -> dict[str, Any] | None:
     if seen.kind != "file":
         raise HostError(f"{host.path(MANIFEST_PATH)} is not a regular file", hint=hint)
     try:
-        document = json.loads(seen.data)
-    except ValueError as exc:
+        document = load_json(seen.data)
+    except ValueError as exc:  # a DocumentError too: too large, too deep, a 5,000-digit number
         raise HostError(f"{host.path(MANIFEST_PATH)}: not valid JSON: {exc}", hint=hint) from None
     if not isinstance(document, dict) or document.get("schema") != 1:
         raise HostError(f"{host.path(MANIFEST_PATH)}: not a schema 1 manifest", hint=hint)
     recorded_paths(document.get("files"), f"{host.path(MANIFEST_PATH)}: files", hint)
+    problem = shape_problem(document)
+    if problem is not None:
+        raise HostError(f"{host.path(MANIFEST_PATH)}: {problem}", hint=hint)
     return document
 
 
