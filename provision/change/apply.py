@@ -67,12 +67,20 @@ def locked(host: Host, timeout_s: float, report: Report) -> Iterator[None]:
     fd = open_lock_file(host, LOCK_PATH)
     try:
         _acquire(host, fd, timeout_s, report)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _holder(host, fd, f"{os.getpid()}\n")
         yield
-        os.ftruncate(fd, 0)
+        _holder(host, fd, "")
     finally:
         os.close(fd)  # closing the descriptor releases the flock, even on SIGKILL
+
+
+def _holder(host: Host, fd: int, text: str) -> None:
+    """Say who holds the lock (a full disk can refuse even these few bytes)."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text.encode(), 0)
+    except OSError as exc:
+        raise HostError(f"{host.path(LOCK_PATH)}: cannot write: {exc.strerror}") from None
 
 
 def _acquire(host: Host, fd: int, timeout_s: float, report: Report) -> None:
