@@ -122,10 +122,11 @@ def read_file(host: Host, target: str) -> ObservedFile:
         if exc.errno in (errno.ENOTDIR, errno.ELOOP):
             return ObservedFile(target, "other", note=" (a parent is not a directory)")
         raise HostError(f"{path}: cannot read: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # a directory, FIFO, socket or device: never read
+        os.close(fd)
+        return ObservedFile(target, "other")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return ObservedFile(target, "other")
         data = handle.read()
     owner, group = host.names(info.st_uid, info.st_gid)
     return ObservedFile(target, "file", data, stat.S_IMODE(info.st_mode), owner, group)
