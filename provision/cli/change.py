@@ -29,6 +29,7 @@ from provision.cli.options import (
     load_desired,
     rig_options,
 )
+from provision.cli.terminal import echo, printable
 from provision.errors import ExitCode, HostError, InputError
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def _action_to_plain(index: int | None, action: Action) -> dict[str, Any]:
 def print_warnings(warnings: tuple[str, ...]) -> None:
     """The plan's warnings on stderr, where --json output on stdout does not mix with them."""
     for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
+        echo(f"warning: {warning}", err=True)
 
 
 def plan_to_plain(plan: Plan, host: Host, warnings: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -112,16 +113,16 @@ def print_plan(
     colour = sys.stdout.isatty()
     for diff in plan.diffs:
         for line in diff.text.splitlines():
-            click.echo(_coloured(line, colour))
+            click.echo(_coloured(printable(line), colour))  # escaped, then coloured
     if plan.actions and actions:
-        click.echo("actions:")
+        echo("actions:")
         for index, action in enumerate(plan.actions):
-            click.echo(_action_line(index, action, force))
+            echo(_action_line(index, action, force))
     if verbose and plan.noops:
-        click.echo("no-ops:")
+        echo("no-ops:")
         for action in plan.noops:
-            click.echo(f"     {action.target}: {action.reason}")
-    click.echo(summary(plan, host))
+            echo(f"     {action.target}: {action.reason}")
+    echo(summary(plan, host))
 
 
 def _refused_anyway(plan: Plan) -> None:
@@ -161,7 +162,7 @@ def diff(
     host = Host.at(root)
     plan = make_plan(desired, observe(host, desired))
     if as_json:
-        click.echo(json.dumps(plan_to_plain(plan, host, warnings), indent=2))
+        echo(json.dumps(plan_to_plain(plan, host, warnings), indent=2))
     else:
         print_warnings((*warnings, *plan.warnings))
         print_plan(plan, host, verbose)
@@ -183,7 +184,7 @@ def _existing_root(host: Host) -> None:
 
 
 def _reporter(as_json: bool) -> Callable[[str], None]:
-    return lambda line: click.echo(line, err=as_json)
+    return lambda line: echo(line, err=as_json)
 
 
 def change_options(func: F) -> F:
@@ -261,7 +262,7 @@ def apply(
         _show(plan, host, as_json, verbose, force, warnings)
         _refused_anyway(plan)
         if not as_json:
-            click.echo("dry run: nothing was changed")
+            echo("dry run: nothing was changed")
         return
     _confirmation_possible(yes)
     _existing_root(host)
@@ -285,7 +286,7 @@ def _show(
     plan: Plan, host: Host, as_json: bool, verbose: bool, force: bool, warnings: tuple[str, ...]
 ) -> None:
     if as_json:
-        click.echo(json.dumps(plan_to_plain(plan, host, warnings), indent=2))
+        echo(json.dumps(plan_to_plain(plan, host, warnings), indent=2))
     else:
         print_plan(plan, host, verbose, force)
 
@@ -297,11 +298,11 @@ def _ask(yes: bool, question: str) -> None:
 
 def _done(outcome: Outcome | None, host: Host, plan: Plan, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(_outcome_to_plain(outcome, host, plan), indent=2))
+        echo(json.dumps(_outcome_to_plain(outcome, host, plan), indent=2))
     elif outcome is None:
-        click.echo(f"in sync: nothing to do under {host.root}")
+        echo(f"in sync: nothing to do under {host.root}")
     else:
-        click.echo(
+        echo(
             f"applied {len(outcome.done)} change(s); {len(outcome.skipped)} skipped (offline); "
             f"backup {outcome.backup} ('provision rollback --to {outcome.backup}' undoes it)"
         )
@@ -333,12 +334,12 @@ def rollback(
         stamps = {s: rolled_back(host, s) for s in list_backups(host)}
         if as_json:
             listing = [{"backup": s, "rolled_back": r} for s, r in stamps.items()]
-            click.echo(json.dumps(listing, indent=2))
+            echo(json.dumps(listing, indent=2))
         else:
             lines = [
                 f"{s}  (apply failed and was rolled back)" if r else s for s, r in stamps.items()
             ]
-            click.echo("\n".join(lines) or "no backups")
+            echo("\n".join(lines) or "no backups")
         return
     _confirmation_possible(yes)
     _existing_root(host)

@@ -15,6 +15,7 @@ import click
 from provision import ollama
 from provision.cli.options import json_option, profile_option, read_rig, rig_options
 from provision.cli.report import fit_text, fit_to_plain, placement_text, placement_to_plain
+from provision.cli.terminal import echo
 from provision.errors import InputError, ProfileFieldError
 from provision.models import catalog
 from provision.models.estimate import KvType, Runtime
@@ -66,13 +67,13 @@ def fit(
     except ProfileFieldError as exc:  # the field is this command's option here
         raise InputError(f"--kv-type {kv_type}: {exc.problem}", hint=exc.hint) from None
     for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
+        echo(f"warning: {warning}", err=True)
     legacy = runtime == "ollama" and ollama.is_legacy_ollama(rig.host.runtimes.get("ollama"))
     result = fit_model(rig, spec, settings, legacy)
     if as_json:
-        click.echo(json.dumps(fit_to_plain(result), indent=2))
+        echo(json.dumps(fit_to_plain(result), indent=2))
     else:
-        click.echo(fit_text(result))
+        echo(fit_text(result))
     if not spec.kv_known:
         raise InputError(
             f"{model}: architecture '{spec.architecture}' is not modelled: the weights are "
@@ -99,9 +100,9 @@ def plan(
         rig, profile_ref, os.environ, allow_partial, os.path.abspath(sysfs), root
     )
     if as_json:
-        click.echo(json.dumps(placement_to_plain(placement, desired), indent=2))
+        echo(json.dumps(placement_to_plain(placement, desired), indent=2))
     else:
-        click.echo(placement_text(placement, desired))
+        echo(placement_text(placement, desired))
 
 
 @click.command()
@@ -109,4 +110,4 @@ def models() -> None:
     """List the bundled catalog of Ollama library models usable before a pull."""
     for name in catalog.names():
         quants = ", ".join(v.quant for v in catalog.variants(name))
-        click.echo(f"{name:<22} {quants}")
+        echo(f"{name:<22} {quants}")
