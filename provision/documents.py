@@ -58,6 +58,15 @@ def read_document(path: Path) -> bytes:
     return data
 
 
+def exists(path: Path) -> bool:
+    """Whether a path named in input exists. A name the OS cannot look up (too long, a NUL
+    byte) names nothing, where pathlib would raise."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _too_deep(line: int | None) -> DocumentError:
     return DocumentError(f"nested more than {MAX_DEPTH} levels deep", line)
 

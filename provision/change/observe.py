@@ -137,10 +137,13 @@ def _symlink_on_the_way(host: Host, target: str) -> str | None:
     current = "/"
     for part in Path(target).parts[1:]:
         current = os.path.join(current, part)
-        path = host.path(current)
-        if path.is_symlink():
+        try:
+            mode = os.lstat(host.path(current)).st_mode
+        except OSError:  # missing, or a name too long to look up: read_file says which
+            return None
+        if stat.S_ISLNK(mode):
             return current
-        if not path.is_dir():
+        if not stat.S_ISDIR(mode):
             return None
     return None
 

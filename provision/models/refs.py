@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from provision.documents import exists
 from provision.errors import InputError
 from provision.models import catalog
 from provision.models.gguf_header import HeaderError, check_header
@@ -273,7 +274,7 @@ def ollama_manifest_path(models_dir: Path, name: str) -> Path:
 def ollama_blob(models_dir: Path, name: str) -> Path | None:
     """The model blob of an installed Ollama model, or None when it is not installed."""
     manifest_path = ollama_manifest_path(models_dir, name)
-    if not manifest_path.is_file():
+    if not (exists(manifest_path) and manifest_path.is_file()):
         return None
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -311,7 +312,7 @@ def resolve(ref: str, environ: Mapping[str, str], root: Path | None = None) -> M
     """A GGUF path, an installed Ollama model (in the store below `root`), or a catalog tag,
     tried in that order."""
     path = Path(ref)
-    if ref.endswith(".gguf") or path.is_file():
+    if ref.endswith(".gguf") or (exists(path) and not path.is_dir()):
         return spec_from_gguf(path)
     models_dir = ollama_models_dir(environ, root)
     blob = ollama_blob(models_dir, ref)

@@ -23,6 +23,7 @@ from provision.documents import (
     DocumentError,
     check_yaml_depth,
     check_yaml_int,
+    exists,
     read_document,
 )
 from provision.errors import InputError
@@ -225,11 +226,11 @@ def _read(ref: str, relative_to: Path | None) -> tuple[str, str]:
     """(text, source) of a profile named by file path or bundled name."""
     candidates = [Path(ref)] if relative_to is None else [relative_to / ref, Path(ref)]
     for path in candidates:
-        if path.suffix in (".yaml", ".yml") and path.exists():
+        if path.suffix in (".yaml", ".yml") and exists(path):
             return _text(path), str(path)
     name = Path(ref).name.removesuffix(".yaml")
     bundled = asset_dir("profiles").joinpath(f"{name}.yaml")
-    if bundled.is_file():
+    if exists(bundled) and bundled.is_file():
         return bundled.read_text(encoding="utf-8"), f"profiles/{name}.yaml"
     raise InputError(
         f"profile '{ref}' not found: not a file and not a bundled profile",
@@ -298,7 +299,7 @@ def _resolve_extends(data: dict[str, Any], source: str, seen: tuple[str, ...]) -
         raise _error(source, data, "extends", "expected a profile name or file")
     if parent_ref in seen:
         raise _error(source, data, "extends", f"circular: {' -> '.join((*seen, parent_ref))}")
-    here = Path(source).parent if Path(source).is_file() else None
+    here = Path(source).parent if exists(Path(source)) else None
     text, parent_source = _read(parent_ref, here)
     parent = _resolve_extends(
         _absolute_model_paths(_parse(text, parent_source), parent_source),
