@@ -85,8 +85,9 @@ def _bounded(case: str) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _invoke(args: Sequence[str], allowed: set[int], case: str) -> Result:
-    """Run one command in-process and hold it to the oracle."""
+def _invoke(args: Sequence[str], allowed: set[int], case: str, names: Path | None = None) -> Result:
+    """Run one command in-process and hold it to the oracle; a refused input file (exit 2)
+    must be named in the error."""
     with _bounded(case):
         result = CliRunner().invoke(cli, list(args), env=ENVIRON, catch_exceptions=True)
     exc = result.exception
@@ -101,6 +102,8 @@ def _invoke(args: Sequence[str], allowed: set[int], case: str) -> Result:
         assert len(line) <= MESSAGE_LIMIT + 80, where
     if result.exit_code >= 2 and not result.stderr.startswith("Usage:"):
         assert "error: " in result.stderr, where
+    if result.exit_code == 2 and names is not None:
+        assert str(names) in result.stderr, where
     return result
 
 
@@ -127,7 +130,7 @@ def test_mutated_rigs(tmp_path: Path) -> None:
         source = rng.choice(ALL_RIG_FILES)
         rig = _mutated_document(rng, source, tmp_path / f"rig{n}{rng.choice(['.yaml', '.json'])}")
         case = f"rig case {n} (from {source.name})"
-        _invoke(["probe", "--rig", str(rig)], {0, 2}, case)
+        _invoke(["probe", "--rig", str(rig)], {0, 2}, case, names=rig)
         if n % 4 == 0:
             _invoke(["plan", "--rig", str(rig)], {0, 2, 3}, case)
 
@@ -138,7 +141,8 @@ def test_mutated_profiles(tmp_path: Path) -> None:
         source = rng.choice(PROFILES)
         profile = _mutated_document(rng, source, tmp_path / f"p{n}.yaml")
         case = f"profile case {n} (from {source.name})"
-        _invoke(["plan", "--rig", str(RIG), "--profile", str(profile)], {0, 2, 3}, case)
+        args = ["plan", "--rig", str(RIG), "--profile", str(profile)]
+        _invoke(args, {0, 2, 3}, case, names=profile)
 
 
 # --- GGUF files ----------------------------------------------------------------------------------

@@ -151,7 +151,8 @@ def saved_file(host: Host, backup: Backup, entry: BackupFile) -> DesiredFile | N
     """The backed-up file as a file to write back; None when it did not exist before."""
     if not entry.existed:
         return None
-    data = read_file(host, f"{BACKUPS_DIR}/{backup.stamp}/files{entry.path}").data
+    copy = read_file(host, f"{BACKUPS_DIR}/{backup.stamp}/files{entry.path}")
+    data = copy.data if copy.kind == "file" else b""  # gone or replaced: the digest says so
     if sha256(data) != entry.sha256:
         raise HostError(f"backup {backup.stamp}: {entry.path} does not match its recorded sha256")
     content = data.decode("utf-8", "surrogateescape")  # restores non-UTF-8 bytes exactly

@@ -300,7 +300,10 @@ def _resolve_extends(data: dict[str, Any], source: str, seen: tuple[str, ...]) -
     if parent_ref in seen:
         raise _error(source, data, "extends", f"circular: {' -> '.join((*seen, parent_ref))}")
     here = Path(source).parent if exists(Path(source)) else None
-    text, parent_source = _read(parent_ref, here)
+    try:
+        text, parent_source = _read(parent_ref, here)
+    except InputError as exc:  # name the file and line that asked for it
+        raise _error(source, data, "extends", exc.message, exc.hint) from None
     parent = _resolve_extends(
         _absolute_model_paths(_parse(text, parent_source), parent_source),
         parent_source,
