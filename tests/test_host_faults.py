@@ -145,3 +145,26 @@ def test_a_lock_file_that_is_no_regular_file_is_refused(
     assert result.returncode == 3, result.stdout + result.stderr
     assert f"error: {lock}" in result.stderr
     assert not (root / "var").exists()
+
+
+@pytest.mark.parametrize(
+    "special",
+    ["etc/systemd/system/ollama.service.d/99-local.conf", "etc/systemd/system/x.service"],
+)
+def test_a_fifo_in_a_unit_directory_is_named_not_waited_on(
+    tmp_path: Path, a_json: Path, special: str
+) -> None:
+    """systemctl --root would block opening it (until our 10 s timeout, naming no file)."""
+    root = scratch_root(tmp_path / "root")
+    (root / special).parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(root / special)
+    argv = ["diff", "--root", str(root), "--desired-json", str(a_json)]
+    result = subprocess.run(
+        [sys.executable, "-m", "provision", *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert f"error: not a regular file in a unit directory: {root / special}" in result.stderr

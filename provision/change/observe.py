@@ -189,6 +189,7 @@ def unit_states(host: Host, names: list[str]) -> dict[str, ObservedUnit]:
         props = ",".join(SHOW_PROPERTIES)
         result = run(host.systemctl("show", f"--property={props}", "--", *names)).check()
         return parse_systemctl_show(result.stdout, names)
+    _refuse_special_unit_files(host)
     # One call for the units that have a unit file: systemctl prints nothing at all when any
     # one of them is missing, and each call costs ~100 ms through command.run.
     states = {n: ObservedUnit(n, "not-found") for n in names if not _has_unit_file(host, n)}
@@ -201,6 +202,33 @@ def unit_states(host: Host, names: list[str]) -> dict[str, ObservedUnit]:
         else:
             states.update((n, ObservedUnit(n, _is_enabled(host, n))) for n in present)
     return {n: states[n] for n in names}
+
+
+def _refuse_special_unit_files(host: Host) -> None:
+    """`systemctl --root` opens what the unit directories hold, and a FIFO there blocks it
+    until our timeout, with an error that names no file: name each FIFO, socket or device in
+    a unit directory or one of its `.d`/`.wants`/`.requires` folders first. (A symlink, such
+    as a masked unit's to /dev/null, is systemctl's to follow.)"""
+    special = []
+    for directory in UNIT_DIRS:
+        folders = [host.path(directory)]
+        for folder in folders:
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:  # missing, or not a directory: systemctl reports that itself
+                continue
+            for entry in entries:
+                if entry.is_symlink():
+                    continue
+                if entry.is_dir() and folder == folders[0]:
+                    folders.append(Path(entry.path))
+                elif not entry.is_dir() and not entry.is_file():
+                    special.append(entry.path)
+    if special:
+        raise HostError(
+            "not a regular file in a unit directory: " + ", ".join(sorted(special)),
+            hint="remove it (a FIFO, socket or device): systemctl would block reading it",
+        )
 
 
 def _has_unit_file(host: Host, name: str) -> bool:
