@@ -57,8 +57,13 @@ def fit(
     MODEL is a .gguf path, an installed Ollama model (llama3.3:70b) or a catalog name.
     """
     for name, value in (("--ctx", ctx), ("--parallel", parallel)):
-        if value <= 0:
-            raise InputError(f"{name} must be a positive number of tokens/requests, got {value}")
+        # llama.cpp counts both in 32 bits; a larger one overflowed the estimate's floats
+        if not 0 < value < 2**32:
+            digits = len(str(abs(value)))
+            shown = str(value) if digits <= 20 else f"a {digits}-digit number"
+            raise InputError(
+                f"{name} must be a positive number of tokens/requests below 2**32, got {shown}"
+            )
     rig = read_rig(rig_file, sysfs)
     spec = resolve(model, os.environ, root)
     entry = ModelEntry(ref=model, ctx=ctx, parallel=parallel, kv_type=KvType(kv_type))
