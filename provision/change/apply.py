@@ -155,9 +155,10 @@ def _refuse(plan: Plan, force: bool) -> None:
 
 def _preflight(host: Host, plan: Plan) -> None:
     """Every file the plan writes or removes can be: nothing but directories on the way, a
-    regular file or nothing where it goes, its owner and group known. Checked over every path
-    before the backup is made, so that a plan (a rollback's too) that could only stop halfway
-    changes nothing; a refusal names each path that blocks it."""
+    regular file or nothing where it goes. Checked over every path before the backup is made,
+    so that a plan (a rollback's too) that could only stop halfway changes nothing; a refusal
+    names each path that blocks it. (What fails later, an account or a command, is undone
+    from the backup: exit 4.)"""
     blocked = []
     for action in plan.actions:
         if action.kind not in FILE_KINDS:
@@ -166,11 +167,6 @@ def _preflight(host: Host, plan: Plan) -> None:
         if seen.kind in ("symlink", "other"):
             what = "a symlink" if seen.kind == "symlink" else "not a regular file"
             blocked.append(f"{host.path(action.target)} is {what}{seen.note}")
-        elif action.file is not None:
-            try:
-                host.ids(action.file.owner, action.file.group)
-            except HostError as exc:
-                blocked.append(f"{host.path(action.target)}: {exc.message}")
     if blocked:
         raise HostError(
             "refusing to start: nothing was changed; provision never writes through a symlink "
