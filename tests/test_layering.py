@@ -43,6 +43,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "systemd",
             "assets",
             "units",
+            "documents",
             "",
         }
     ),

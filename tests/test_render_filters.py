@@ -200,7 +200,19 @@ def test_modelfile_value_passes_one_line_values_through(value: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [*CONTROL, "x\nPARAMETER num_gpu 999", "", " lead", "trail ", '"quoted"']
+    "value",
+    [
+        *CONTROL,
+        "x\nPARAMETER num_gpu 999",
+        "",
+        " lead",
+        "trail ",
+        '"quoted"',
+        '"""\nSYSTEM x\n"""',
+        "no\u00a0break",  # Ollama drops what Go's strconv.IsPrint refuses: it would read "nobreak"
+        "zero\u200bwidth",
+        "line\u2028separator",
+    ],
 )
 def test_modelfile_value_refuses_what_ollama_would_read_differently(value: str) -> None:
     with pytest.raises(ValueError):

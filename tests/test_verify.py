@@ -274,7 +274,7 @@ def test_verify_bad_input_and_unreachable_hosts(tmp_path: Path) -> None:
     assert bad_url.returncode == 2 and "is not BACKEND://HOST" in bad_url.stderr
     (tmp_path / "manifest.json").write_text('{"schema": 1, "files": [{"path": "/x"}]}')
     malformed = run_provision("verify", "--manifest", str(tmp_path / "manifest.json"))
-    assert malformed.returncode == 2 and "files[0] lacks one of" in malformed.stderr
+    assert malformed.returncode == 2 and "files[0].sha256 is missing" in malformed.stderr
     gone = run_provision("verify", "--hosts", "ssh://gpu-box.invalid", "--root", str(tmp_path))
     assert gone.returncode == 3 and "ssh://gpu-box.invalid" in gone.stderr  # or no ssh at all
 

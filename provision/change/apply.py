@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from provision import __version__
 from provision.change.actions import Action, ActionKind, Plan, describe
 from provision.change.backup import (
+    FILE_KINDS,
     Backup,
     Origin,
     create_backup,
@@ -32,7 +33,7 @@ from provision.change.backup import (
 from provision.change.history import prune
 from provision.change.host import Host, open_lock_file, remove_file, write_atomic
 from provision.change.manifest import encode, units_from_manifest
-from provision.change.observe import ollama_address, read_manifest
+from provision.change.observe import ollama_address, read_file, read_manifest
 from provision.command import run
 from provision.desired import DesiredFile, DesiredUnit
 from provision.errors import HostError, ProvisionError, RolledBack
@@ -69,12 +70,20 @@ def locked(host: Host, timeout_s: float, report: Report) -> Iterator[None]:
     fd = open_lock_file(host, LOCK_PATH)
     try:
         _acquire(host, fd, timeout_s, report)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _holder(host, fd, f"{os.getpid()}\n")
         yield
-        os.ftruncate(fd, 0)
+        _holder(host, fd, "")
     finally:
         os.close(fd)  # closing the descriptor releases the flock, even on SIGKILL
+
+
+def _holder(host: Host, fd: int, text: str) -> None:
+    """Say who holds the lock (a full disk can refuse even these few bytes)."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text.encode(), 0)
+    except OSError as exc:
+        raise HostError(f"{host.path(LOCK_PATH)}: cannot write: {exc.strerror}") from None
 
 
 def _acquire(host: Host, fd: int, timeout_s: float, report: Report) -> None:
@@ -112,6 +121,7 @@ def execute(
     """Run every action of the plan in order; on failure restore the backup and raise. Once
     done, backups beyond the retention are pruned (provision.change.history)."""
     _refuse(plan, settings.force)
+    _preflight(host, plan)
     backup = create_backup(host, plan, origin or Origin())
     kill_at = _kill_step()
     done: list[Action] = []
@@ -165,6 +175,28 @@ def _refuse(plan: Plan, force: bool) -> None:
         f"refusing to apply: {refusals[0].refused}{more}; nothing was changed",
         hint="--force backs such files up and replaces them" if forceable else None,
     )
+
+
+def _preflight(host: Host, plan: Plan) -> None:
+    """Every file the plan writes or removes can be: nothing but directories on the way, a
+    regular file or nothing where it goes. Checked over every path before the backup is made,
+    so that a plan (a rollback's too) that could only stop halfway changes nothing; a refusal
+    names each path that blocks it. (What fails later, an account or a command, is undone
+    from the backup: exit 4.)"""
+    blocked = []
+    for action in plan.actions:
+        if action.kind not in FILE_KINDS:
+            continue
+        seen = read_file(host, action.target)
+        if seen.kind in ("symlink", "other"):
+            what = "a symlink" if seen.kind == "symlink" else "not a regular file"
+            blocked.append(f"{host.path(action.target)} is {what}{seen.note}")
+    if blocked:
+        raise HostError(
+            "refusing to start: nothing was changed; provision never writes through a symlink "
+            "and replaces only regular files:\n  " + "\n  ".join(blocked),
+            hint="move each of these aside (or put the real file there) and run it again",
+        )
 
 
 def _kill_step() -> int | None:
@@ -301,7 +333,11 @@ def _fail(
     problems: list[str] = []
     # The previous state's units, as its manifest (written last, so still intact) records them:
     # a restarted service must come back up and answer on its port, or the rollback failed too.
-    previous = units_from_manifest(read_manifest(host))
+    try:
+        previous = units_from_manifest(read_manifest(host))
+    except ProvisionError as unreadable:  # the undo goes on without the units' port checks
+        problems.append(unreadable.message)
+        previous = {}
     # The failed step counts too: a restart that failed has still stopped the old process.
     targets = {k: tuple(a.target for a in [*done, failed] if a.kind is k) for k in ActionKind}
     bounced = targets[ActionKind.RESTART] + targets[ActionKind.RELOAD] + targets[ActionKind.STOP]

@@ -25,6 +25,7 @@ from provision.change.observe import read_file, recorded_paths, unit_states
 from provision.change.plan import file_diff
 from provision.change.prior import PRIOR_KEY
 from provision.desired import DesiredFile
+from provision.documents import load_json
 from provision.errors import HostError, InputError
 from provision.paths import BACKUPS_DIR, ENABLED_BY_US, SYSTEMD_DIR
 
@@ -205,7 +206,7 @@ def load_backup(host: Host, stamp: str | None) -> Backup:
     where = host.path(f"{BACKUPS_DIR}/{stamp}/index.json")
     hint = "this backup cannot be restored: pick another with 'provision rollback --to'"
     try:
-        data = json.loads(read_file(host, f"{BACKUPS_DIR}/{stamp}/index.json").data)
+        data = load_json(read_file(host, f"{BACKUPS_DIR}/{stamp}/index.json").data)
         recorded_paths(data["files"], f"{where}: files", hint)
         files = tuple(
             BackupFile(**{**f, "mode": None if f["mode"] is None else int(f["mode"], 8)})
@@ -234,7 +235,8 @@ def saved_file(host: Host, backup: Backup, entry: BackupFile) -> DesiredFile | N
     """The backed-up file as a file to write back; None when it did not exist before."""
     if not entry.existed:
         return None
-    data = read_file(host, f"{BACKUPS_DIR}/{backup.stamp}/files{entry.path}").data
+    copy = read_file(host, f"{BACKUPS_DIR}/{backup.stamp}/files{entry.path}")
+    data = copy.data if copy.kind == "file" else b""  # gone or replaced: the digest says so
     if sha256(data) != entry.sha256:
         raise HostError(f"backup {backup.stamp}: {entry.path} does not match its recorded sha256")
     content = data.decode("utf-8", "surrogateescape")  # restores non-UTF-8 bytes exactly

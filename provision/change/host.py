@@ -141,13 +141,20 @@ def write_atomic(host: Host, target: str, data: bytes, mode: int, uid: int, gid:
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
             try:
-                _write_all(fd, data)
-                os.fchown(fd, uid, gid)  # before chmod: chown clears set-id bits
-                os.fchmod(fd, mode)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                try:
+                    _write_all(fd, data)
+                    os.fchown(fd, uid, gid)  # before chmod: chown clears set-id bits
+                    os.fchmod(fd, mode)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except BaseException:
+                # A full disk or an interrupt: leave no half-written copy behind (only a
+                # SIGKILL can, and the next run reuses it).
+                with contextlib.suppress(OSError):
+                    os.unlink(temp, dir_fd=dir_fd)
+                raise
             os.fsync(dir_fd)  # the rename itself must survive a power cut
         finally:
             os.close(dir_fd)
@@ -239,12 +246,21 @@ def make_dir(host: Host, target_dir: str, mode: int = 0o700) -> bool:
 
 
 def open_lock_file(host: Host, target: str) -> int:
+    """The lock file, opened read-write: a regular file (a FIFO or device there is refused,
+    as a symlink is, before anything writes the holder's PID into it)."""
     directory, name = os.path.split(confine(target))
     dir_fd = _open_dir(host, directory, create=True)
     try:
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        return os.open(name, flags, 0o644, dir_fd=dir_fd)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        fd = os.open(name, flags, 0o644, dir_fd=dir_fd)
     except OSError as exc:
         raise HostError(f"{host.path(target)}: cannot open the lock: {exc.strerror}") from None
     finally:
         os.close(dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise HostError(
+            f"{host.path(target)} is not a regular file: provision cannot lock with it",
+            hint="remove it; provision creates the lock file itself",
+        )
+    return fd

@@ -6,6 +6,8 @@ Pure. Written last by apply, at /var/lib/provision/manifest.json, with sorted ke
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -105,6 +107,104 @@ def created_models(manifest: Mapping[str, Any] | None) -> frozenset[str]:
     return frozenset(normalize_model(n) for n in recorded if isinstance(n, str) and n)
 
 
+# What readers of a manifest rely on, per record list: field -> the types it may have. A
+# field in `_REQUIRED` must be there; others were added later and may be absent in an old one.
+_Types = tuple[type, ...]
+_STR, _OPT_STR, _BOOL, _NUMBER = (str,), (str, type(None)), (bool,), (int, float)
+_RECORDS: dict[str, dict[str, _Types]] = {
+    "files": {
+        "path": _STR,
+        "sha256": _STR,
+        "mode": _STR,
+        "owner": _STR,
+        "group": _STR,
+        "restarts": (list,),
+        "reloads": (list,),
+    },
+    "units": {
+        "name": _STR,
+        "enabled": _BOOL,
+        "active": _BOOL,
+        "oneshot": _BOOL,
+        "listen": _OPT_STR,
+    },
+    "ports": {"unit": _STR, "host": _STR, "port": (int,)},
+    "power": {
+        "uuid": _STR,
+        "target_w": _NUMBER,
+        "default_w": (*_NUMBER, type(None)),
+        "device": _OPT_STR,
+    },
+    "models": {
+        "name": _STR,
+        "base": _OPT_STR,
+        "modelfile_path": _STR,
+        "modelfile_sha256": _OPT_STR,
+    },
+    "prior_units": {"name": _STR, "enabled": _STR, "active": _OPT_STR},  # change/prior.py
+}
+_REQUIRED = {
+    "files": ("path", "sha256", "mode", "owner", "group"),
+    "units": ("name", "enabled", "active"),
+    "ports": ("unit", "host", "port"),
+    "power": ("uuid", "target_w"),
+    "models": ("name",),
+    "prior_units": ("name", "enabled"),
+}
+_OCTAL_MODE = re.compile(r"^0?[0-7]{3,4}$")
+_LISTEN = re.compile(r"^.*:(\d{1,5})$")
+
+
+def shape_problem(document: Mapping[str, Any]) -> str | None:
+    """What in a manifest does not have the shape apply writes (a field and why), or None:
+    every reader (plan, rollback, verify) may then index it without checking again."""
+    for key, fields in _RECORDS.items():
+        records = document.get(key, [])
+        if not isinstance(records, list):
+            return f"'{key}' is not a list"
+        for n, record in enumerate(records):
+            problem = _record_problem(record, fields, _REQUIRED[key])
+            if problem is not None:
+                return f"{key}[{n}]{problem}"
+    return None
+
+
+def _record_problem(
+    record: object, fields: dict[str, _Types], required: tuple[str, ...]
+) -> str | None:
+    if not isinstance(record, dict):
+        return " is not an object"
+    for name in required:
+        if name not in record:
+            return f".{name} is missing"
+    for name, types in fields.items():
+        value = record.get(name)
+        if name not in record:
+            continue
+        # bool is an int in Python: a port or a watt figure must not be `true`
+        wrong = isinstance(value, bool) and bool not in types
+        if wrong or not isinstance(value, types):
+            return f".{name}: {value!r:.60} has the wrong type"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f".{name}: {value!r} is not a finite number"
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            return f".{name}: not a list of strings"
+    return _value_problem(record)
+
+
+def _value_problem(record: dict[str, Any]) -> str | None:
+    mode, listen, port = record.get("mode"), record.get("listen"), record.get("port")
+    if isinstance(mode, str) and not _OCTAL_MODE.match(mode):
+        return f".mode: {mode!r:.60} is not an octal file mode"
+    if isinstance(listen, str) and listen and not _LISTEN.match(listen):
+        return f".listen: {listen!r:.60} is not host:port"
+    if isinstance(listen, str) and listen:
+        port = int(listen.rpartition(":")[2])
+    if isinstance(port, int) and not 0 < port < 65536:
+        return f": port {port} is not a TCP port"
+    return None
+
+
 def comparable(manifest: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """A manifest without the record of when and by what it was written."""
     if manifest is None:
@@ -121,6 +221,6 @@ def units_from_manifest(manifest: Mapping[str, Any] | None) -> dict[str, Desired
             address, _, port = str(entry["listen"]).rpartition(":")
             listen = (address.strip("[]"), int(port))
         units[entry["name"]] = DesiredUnit(
-            entry["name"], entry["enabled"], entry["active"], entry["oneshot"], listen
+            entry["name"], entry["enabled"], entry["active"], entry.get("oneshot", False), listen
         )
     return units

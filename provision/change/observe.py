@@ -21,8 +21,10 @@ from provision import ollama
 from provision.change.actions import Observed, ObservedFile, ObservedUnit
 from provision.change.foreign import configured_units
 from provision.change.host import Host, list_dir
+from provision.change.manifest import shape_problem
 from provision.command import run
 from provision.desired import DesiredState, DesiredUnit
+from provision.documents import load_json
 from provision.errors import HostError
 from provision.paths import (
     MANIFEST_PATH,
@@ -185,10 +187,11 @@ def read_file(host: Host, target: str) -> ObservedFile:
         if exc.errno in (errno.ENOTDIR, errno.ELOOP):
             return ObservedFile(target, "other", note=" (a parent is not a directory)")
         raise HostError(f"{path}: cannot read: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # a directory, FIFO, socket or device: never read
+        os.close(fd)
+        return ObservedFile(target, "other")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return ObservedFile(target, "other")
         data = handle.read()
     owner, group = host.names(info.st_uid, info.st_gid)
     return ObservedFile(target, "file", data, stat.S_IMODE(info.st_mode), owner, group)
@@ -199,10 +202,13 @@ def _symlink_on_the_way(host: Host, target: str) -> str | None:
     current = "/"
     for part in Path(target).parts[1:]:
         current = os.path.join(current, part)
-        path = host.path(current)
-        if path.is_symlink():
+        try:
+            mode = os.lstat(host.path(current)).st_mode
+        except OSError:  # missing, or a name too long to look up: read_file says which
+            return None
+        if stat.S_ISLNK(mode):
             return current
-        if not path.is_dir():
+        if not stat.S_ISDIR(mode):
             return None
     return None
 
@@ -215,12 +221,15 @@ def read_manifest(host: Host) -> dict[str, Any] | None:
     if seen.kind != "file":
         raise HostError(f"{host.path(MANIFEST_PATH)} is not a regular file", hint=hint)
     try:
-        document = json.loads(seen.data)
-    except ValueError as exc:
+        document = load_json(seen.data)
+    except ValueError as exc:  # a DocumentError too: too large, too deep, a 5,000-digit number
         raise HostError(f"{host.path(MANIFEST_PATH)}: not valid JSON: {exc}", hint=hint) from None
     if not isinstance(document, dict) or document.get("schema") != 1:
         raise HostError(f"{host.path(MANIFEST_PATH)}: not a schema 1 manifest", hint=hint)
     recorded_paths(document.get("files"), f"{host.path(MANIFEST_PATH)}: files", hint)
+    problem = shape_problem(document)
+    if problem is not None:
+        raise HostError(f"{host.path(MANIFEST_PATH)}: {problem}", hint=hint)
     return document
 
 
@@ -245,6 +254,7 @@ def unit_states(host: Host, names: list[str]) -> dict[str, ObservedUnit]:
         props = ",".join(SHOW_PROPERTIES)
         result = run(host.systemctl("show", f"--property={props}", "--", *names)).check()
         return parse_systemctl_show(result.stdout, names)
+    _refuse_special_unit_files(host)
     # One call for the units that have a unit file: systemctl prints nothing at all when any
     # one of them is missing, and each call costs ~100 ms through command.run.
     states = {n: ObservedUnit(n, "not-found") for n in names if not _has_unit_file(host, n)}
@@ -257,6 +267,33 @@ def unit_states(host: Host, names: list[str]) -> dict[str, ObservedUnit]:
         else:
             states.update((n, ObservedUnit(n, _is_enabled(host, n))) for n in present)
     return {n: states[n] for n in names}
+
+
+def _refuse_special_unit_files(host: Host) -> None:
+    """`systemctl --root` opens what the unit directories hold, and a FIFO there blocks it
+    until our timeout, with an error that names no file: name each FIFO, socket or device in
+    a unit directory or one of its `.d`/`.wants`/`.requires` folders first. (A symlink, such
+    as a masked unit's to /dev/null, is systemctl's to follow.)"""
+    special = []
+    for directory in UNIT_DIRS:
+        folders = [host.path(directory)]
+        for folder in folders:
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:  # missing, or not a directory: systemctl reports that itself
+                continue
+            for entry in entries:
+                if entry.is_symlink():
+                    continue
+                if entry.is_dir() and folder == folders[0]:
+                    folders.append(Path(entry.path))
+                elif not entry.is_dir() and not entry.is_file():
+                    special.append(entry.path)
+    if special:
+        raise HostError(
+            "not a regular file in a unit directory: " + ", ".join(sorted(special)),
+            hint="remove it (a FIFO, socket or device): systemctl would block reading it",
+        )
 
 
 def _has_unit_file(host: Host, name: str) -> bool:

@@ -29,6 +29,7 @@ from provision.cli.options import (
     load_desired,
     rig_options,
 )
+from provision.cli.terminal import echo, printable
 from provision.errors import ExitCode, HostError, InputError
 from provision.paths import BACKUPS_DIR, KEEP_BACKUP_DAYS, KEEP_BACKUPS
 from provision.systemd import Override
@@ -63,7 +64,7 @@ def _override_to_plain(override: Override) -> dict[str, Any]:
 def print_warnings(warnings: tuple[str, ...]) -> None:
     """The plan's warnings on stderr, where --json output on stdout does not mix with them."""
     for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
+        echo(f"warning: {warning}", err=True)
 
 
 def plan_to_plain(plan: Plan, host: Host, warnings: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -128,28 +129,28 @@ def print_plan(
     colour = sys.stdout.isatty()
     for diff in plan.diffs:
         for line in diff.text.splitlines():
-            click.echo(_coloured(line, colour))
+            click.echo(_coloured(printable(line), colour))  # escaped, then coloured
     if plan.actions and actions:
-        click.echo("actions:")
+        echo("actions:")
         for index, action in enumerate(plan.actions):
-            click.echo(_action_line(index, action, force))
+            echo(_action_line(index, action, force))
     if verbose and plan.noops:
-        click.echo("no-ops:")
+        echo("no-ops:")
         for action in plan.noops:
-            click.echo(f"     {action.target}: {action.reason}")
+            echo(f"     {action.target}: {action.reason}")
     print_overrides(plan, force)
-    click.echo(summary(plan, host))
+    echo(summary(plan, host))
 
 
 def print_overrides(plan: Plan, force: bool) -> None:
     """Settings of ours that other files take away: apply refuses them without --force."""
     if not plan.overrides:
         return
-    click.echo("overridden by files provision does not manage:")
+    echo("overridden by files provision does not manage:")
     for override in plan.overrides:
-        click.echo(f"     {override.describe()}")
+        echo(f"     {override.describe()}")
     if not force:
-        click.echo("     refused: apply needs --force, and these files keep winning after it")
+        echo("     refused: apply needs --force, and these files keep winning after it")
 
 
 def _refused_anyway(plan: Plan) -> None:
@@ -189,7 +190,7 @@ def diff(
     )
     plan = make_plan(desired, observe(host, desired))
     if as_json:
-        click.echo(json.dumps(plan_to_plain(plan, host, warnings), indent=2))
+        echo(json.dumps(plan_to_plain(plan, host, warnings), indent=2))
     else:
         print_warnings((*warnings, *plan.warnings))
         print_plan(plan, host, verbose)
@@ -211,7 +212,7 @@ def _existing_root(host: Host) -> None:
 
 
 def _reporter(as_json: bool) -> Callable[[str], None]:
-    return lambda line: click.echo(line, err=as_json)
+    return lambda line: echo(line, err=as_json)
 
 
 def change_options(func: F) -> F:
@@ -291,7 +292,7 @@ def apply(
         _show(plan, host, as_json, verbose, force, warnings)
         _refused_anyway(plan)
         if not as_json:
-            click.echo("dry run: nothing was changed")
+            echo("dry run: nothing was changed")
         return
     _confirmation_possible(yes)
     _existing_root(host)
@@ -318,7 +319,7 @@ def _show(
     plan: Plan, host: Host, as_json: bool, verbose: bool, force: bool, warnings: tuple[str, ...]
 ) -> None:
     if as_json:
-        click.echo(json.dumps(plan_to_plain(plan, host, warnings), indent=2))
+        echo(json.dumps(plan_to_plain(plan, host, warnings), indent=2))
     else:
         print_plan(plan, host, verbose, force)
 
@@ -330,11 +331,11 @@ def _ask(yes: bool, question: str) -> None:
 
 def _done(outcome: Outcome | None, host: Host, plan: Plan, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(_outcome_to_plain(outcome, host, plan), indent=2))
+        echo(json.dumps(_outcome_to_plain(outcome, host, plan), indent=2))
     elif outcome is None:
-        click.echo(f"in sync: nothing to do under {host.root}")
+        echo(f"in sync: nothing to do under {host.root}")
     else:
-        click.echo(
+        echo(
             f"applied {len(outcome.done)} change(s); {len(outcome.skipped)} skipped (offline); "
             f"backup {outcome.backup} ('provision rollback --to {outcome.backup}' undoes it)"
         )
@@ -392,7 +393,7 @@ def rollback(
         plan = rollback_plan(host, backup)
         _show(plan, host, as_json, verbose=False, force=True, warnings=())
         if not as_json:
-            click.echo(f"dry run: nothing was changed (would restore backup {backup.stamp})")
+            echo(f"dry run: nothing was changed (would restore backup {backup.stamp})")
         ctx.exit(int(ExitCode.OK if not plan.actions else ExitCode.CHANGES_PENDING))
     _confirmation_possible(yes)
     _existing_root(host)
@@ -429,6 +430,6 @@ def _list_backups(host: Host, as_json: bool) -> None:
             }
             for e in entries
         ]
-        click.echo(json.dumps(listing, indent=2))
+        echo(json.dumps(listing, indent=2))
     else:
-        click.echo("\n".join(e.line() for e in entries) or "no backups")
+        echo("\n".join(e.line() for e in entries) or "no backups")

@@ -15,6 +15,7 @@ import click
 from provision import ollama
 from provision.cli.options import json_option, profile_option, read_rig, rig_options
 from provision.cli.report import fit_text, fit_to_plain, placement_text, placement_to_plain
+from provision.cli.terminal import echo
 from provision.errors import InputError, ProfileFieldError
 from provision.models import catalog
 from provision.models.estimate import KvType, Runtime
@@ -56,8 +57,13 @@ def fit(
     MODEL is a .gguf path, an installed Ollama model (llama3.3:70b) or a catalog name.
     """
     for name, value in (("--ctx", ctx), ("--parallel", parallel)):
-        if value <= 0:
-            raise InputError(f"{name} must be a positive number of tokens/requests, got {value}")
+        # llama.cpp counts both in 32 bits; a larger one overflowed the estimate's floats
+        if not 0 < value < 2**32:
+            digits = len(str(abs(value)))
+            shown = str(value) if digits <= 20 else f"a {digits}-digit number"
+            raise InputError(
+                f"{name} must be a positive number of tokens/requests below 2**32, got {shown}"
+            )
     rig = read_rig(rig_file, sysfs)
     spec = resolve(model, os.environ, root)
     entry = ModelEntry(ref=model, ctx=ctx, parallel=parallel, kv_type=KvType(kv_type))
@@ -66,13 +72,13 @@ def fit(
     except ProfileFieldError as exc:  # the field is this command's option here
         raise InputError(f"--kv-type {kv_type}: {exc.problem}", hint=exc.hint) from None
     for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
+        echo(f"warning: {warning}", err=True)
     legacy = runtime == "ollama" and ollama.is_legacy_ollama(rig.host.runtimes.get("ollama"))
     result = fit_model(rig, spec, settings, legacy)
     if as_json:
-        click.echo(json.dumps(fit_to_plain(result), indent=2))
+        echo(json.dumps(fit_to_plain(result), indent=2))
     else:
-        click.echo(fit_text(result))
+        echo(fit_text(result))
     if not spec.kv_known:
         raise InputError(
             f"{model}: architecture '{spec.architecture}' is not modelled: the weights are "
@@ -111,9 +117,9 @@ def plan(
         ollama_store=store,
     )
     if as_json:
-        click.echo(json.dumps(placement_to_plain(placement, desired), indent=2))
+        echo(json.dumps(placement_to_plain(placement, desired), indent=2))
     else:
-        click.echo(placement_text(placement, desired))
+        echo(placement_text(placement, desired))
 
 
 @click.command()
@@ -121,4 +127,4 @@ def models() -> None:
     """List the bundled catalog of Ollama library models usable before a pull."""
     for name in catalog.names():
         quants = ", ".join(v.quant for v in catalog.variants(name))
-        click.echo(f"{name:<22} {quants}")
+        echo(f"{name:<22} {quants}")

@@ -9,13 +9,13 @@ pattern; the other deferred imports say what they save on their line.
 from __future__ import annotations
 
 import importlib
-import re
 import sys
 from typing import Any
 
 import click
 
 from provision import __version__
+from provision.cli.terminal import say
 from provision.errors import ExitCode, ProvisionError
 
 # command name -> (module, function): in the order `provision --help` lists them.
@@ -29,20 +29,6 @@ COMMANDS = {
     "rollback": ("provision.cli.change", "rollback"),
     "verify": ("provision.cli.verify", "verify"),
 }
-
-
-# An error quotes what it was given (a path, a field's value): as much as a person reads.
-MESSAGE_LIMIT = 2000
-_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def _say(label: str, text: str) -> None:
-    """One `error:` or `hint:` line on stderr: control characters from input (terminal escape
-    sequences, carriage returns) shown escaped, never sent to the terminal; capped in length."""
-    shown = _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
-    if len(shown) > MESSAGE_LIMIT:
-        shown = f"{shown[:MESSAGE_LIMIT]}... ({len(shown) - MESSAGE_LIMIT} more characters)"
-    click.echo(f"{label}: {shown}", err=True)
 
 
 class _Group(click.Group):
@@ -66,9 +52,9 @@ class _Group(click.Group):
         except ProvisionError as exc:
             if ctx.params.get("debug"):
                 raise
-            _say("error", exc.message)
+            say("error", exc.message)
             if exc.hint:
-                _say("hint", exc.hint)
+                say("hint", exc.hint)
             ctx.exit(int(exc.exit_code))
 
 
@@ -88,12 +74,12 @@ def main() -> None:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
-        _say("error", exc.format_message())
+        say("error", exc.format_message())
         where = exc.ctx.command_path if exc.ctx else "provision"
         click.echo(f"hint: '{where} --help' lists the options", err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        _say("error", exc.format_message())
+        say("error", exc.format_message())
         sys.exit(exc.exit_code)
     except click.Abort as exc:
         if isinstance(exc.__context__, KeyboardInterrupt):  # click turns Ctrl-C into Abort

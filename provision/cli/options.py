@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from provision.desired import DesiredState, DesiredUnit
+from provision.documents import load_json, read_document
 from provision.errors import InputError
 
 if TYPE_CHECKING:
@@ -154,7 +155,7 @@ def desired_from_json(path: Path) -> DesiredState:
     from provision.typed_load import from_plain  # lazy: start-up speed
 
     try:
-        data = json.loads(path.read_text())
+        data = load_json(read_document(path))
         units = data.get("units", []) if isinstance(data, dict) else []
         # from_plain reads tuples as homogeneous lists: `listen` ([host, port]) is done here.
         listens = [u.pop("listen", None) if isinstance(u, dict) else None for u in units]
@@ -162,7 +163,7 @@ def desired_from_json(path: Path) -> DesiredState:
         fixed = tuple(
             _with_listen(u, listen) for u, listen in zip(state.units, listens, strict=True)
         )
-    except (OSError, ValueError, AttributeError) as exc:  # FieldError is a ValueError
+    except (OSError, ValueError, AttributeError) as exc:  # FieldError, DocumentError: ValueError
         raise InputError(f"{path}: not a desired state: {exc}") from None
     return DesiredState(**{**vars(state), "units": fixed})
 

@@ -12,6 +12,7 @@ import click
 
 from provision.cli.options import json_option, read_rig, rig_options
 from provision.cli.report import probe_report
+from provision.cli.terminal import echo
 from provision.errors import HostError, InputError
 from provision.hardware.classify import classify
 from provision.hardware.rig import rig_to_plain, save_rig
@@ -52,11 +53,11 @@ def probe(
     if as_json:
         document = rig_to_plain(rig)
         document["traits"] = to_plain(traits.traits)
-        click.echo(json.dumps(document, indent=2))
+        echo(json.dumps(document, indent=2))
     elif save is None:
-        click.echo(probe_report(rig, traits))
+        echo(probe_report(rig, traits))
     else:
-        click.echo(f"saved {len(rig.gpus)} GPU(s) to {save}")
+        echo(f"saved {len(rig.gpus)} GPU(s) to {save}")
 
 
 def _capture(sysfs: Path, out: Path, rig_file: Path | None) -> None:
@@ -74,4 +75,4 @@ def _capture(sysfs: Path, out: Path, rig_file: Path | None) -> None:
         copied = capture(tree, out)
     except OSError as exc:
         raise HostError(f"{out}: cannot write the capture: {exc.strerror}") from None
-    click.echo(f"captured {copied} sysfs file(s) into {out} (replay: --sysfs {out})", err=True)
+    echo(f"captured {copied} sysfs file(s) into {out} (replay: --sysfs {out})", err=True)

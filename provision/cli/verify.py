@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from provision.cli.options import json_option
+from provision.cli.terminal import echo
 from provision.errors import ExitCode
 from provision.verify.runner import (
     Result,
@@ -75,23 +76,23 @@ def verify(
     targets, unverified = load_targets(urls, root, manifest_file, inventory)
     results, pytest_output = run_suite(targets) if targets else ([], "")
     if ctx.find_root().params.get("debug"):
-        click.echo(pytest_output, err=True)
+        click.echo(pytest_output, err=True)  # --debug: pytest's own output, as it is
     counts = summary(results)
     counts["fail"] += len(unverified)
     if as_json:
-        click.echo(json.dumps(_to_plain(results, targets, unverified, counts), indent=2))
+        echo(json.dumps(_to_plain(results, targets, unverified, counts), indent=2))
     else:
         several = len(targets) + len(unverified) > 1
         for result in results:
-            click.echo(_line(result, several))
+            echo(_line(result, several))
         for host in unverified:
-            click.echo(f"{host.host}: FAIL host: {_unverified_detail(host)}")
+            echo(f"{host.host}: FAIL host: {_unverified_detail(host)}")
         if several:
             for name, mine in per_host(results, [t.name for t in targets]).items():
-                click.echo(f"{name}: {_counts_line(mine)}")
+                echo(f"{name}: {_counts_line(mine)}")
             for host in unverified:
-                click.echo(f"{host.host}: not verified")
-        click.echo(_counts_line(counts))
+                echo(f"{host.host}: not verified")
+        echo(_counts_line(counts))
     unreachable = any(h.error.exit_code == ExitCode.HOST_ERROR for h in unverified)
     # docs/ARCHITECTURE.md §4: 1 is "changes pending" for diff and "checks failed" for verify.
     failed = ExitCode.CHANGES_PENDING if counts["fail"] else ExitCode.OK

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from provision.documents import DocumentError, check_depth, check_yaml_int, load_json, read_document
 from provision.errors import InputError
 from provision.typed_load import FieldError, from_plain, to_plain
 
@@ -266,8 +267,12 @@ def _check_amd(gpu: Gpu, amd: AmdInfo, path: str) -> None:
 def parse_rig(text: str, source: str) -> Rig:
     """Parse snapshot text (YAML, of which JSON is a subset); errors name `source` and the field."""
     try:
-        data = json.loads(text) if source.endswith(".json") else yaml.load(text, Loader=_YamlLoader)
-    except (ValueError, yaml.YAMLError) as exc:
+        if source.endswith(".json"):
+            data = load_json(text)
+        else:
+            data = yaml.load(text, Loader=_YamlLoader)  # libyaml stops past 1,000 levels
+            check_depth(data)
+    except (ValueError, yaml.YAMLError) as exc:  # DocumentError is a ValueError
         raise InputError(
             f"{source}: not a valid snapshot file: {exc}",
             hint="record one with 'provision probe --save FILE'",
@@ -283,10 +288,11 @@ def parse_rig(text: str, source: str) -> Rig:
 
 def load_rig(path: Path) -> Rig:
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
+        text = read_document(path).decode("utf-8")
+    except (OSError, DocumentError) as exc:
+        why = exc.problem if isinstance(exc, DocumentError) else exc.strerror
         raise InputError(
-            f"{path}: cannot read snapshot: {exc.strerror}", hint="check the --rig path"
+            f"{path}: cannot read snapshot: {why}", hint="check the --rig path"
         ) from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: not a text file", hint="pass a YAML or JSON snapshot") from None
@@ -304,6 +310,15 @@ def save_rig(rig: Rig, path: Path) -> None:
     path.write_text(dump_rig(rig, "json" if path.suffix == ".json" else "yaml"), encoding="utf-8")
 
 
+def _construct_int(loader: Any, node: yaml.ScalarNode) -> Any:
+    check_yaml_int(node.value, node.start_mark.line + 1)  # before int() of 5,000 digits
+    return loader.construct_yaml_int(node)
+
+
 # The C loader and dumper are several times faster; fall back where libyaml is missing.
-_YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+class _YamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    pass
+
+
+_YamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _YamlDumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)

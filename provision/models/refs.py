@@ -10,20 +10,32 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import mmap
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from provision.documents import exists
 from provision.errors import InputError
 from provision.models import catalog
+from provision.models.gguf_header import HeaderError, check_header
 from provision.models.spec import KNOWN_KV_ARCHS, SWA_PATTERN_BY_ARCH, ModelSpec, swa_layers
 from provision.paths import OLLAMA_MODELS_DIR
 
 OLLAMA_MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
 DEFAULT_OLLAMA_MODELS = Path(OLLAMA_MODELS_DIR)
 _SPLIT_NAME = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
+_LAYER = re.compile(r"^blk\.([0-9]{1,9})\.")
+# More layers than any model has (Llama 3.1 405B: 126); past this a count is corrupt, and the
+# per-layer tables of the estimate would be built for nothing.
+MAX_LAYERS = 10_000
+# Counts stored as u32 in a GGUF header (block_count, embedding_length, head counts, ...).
+_MAX_COUNT = 2**32 - 1
 
 
 # --- GGUF files -------------------------------------------------------------------------------
@@ -34,7 +46,12 @@ def split_shards(path: Path) -> list[Path]:
     match = _SPLIT_NAME.match(path.name)
     if not match:
         return [path]
-    count = int(match["n"])
+    index, count = int(match["i"]), int(match["n"])
+    if not 1 <= index <= count:
+        raise InputError(
+            f"{path}: split GGUF name says shard {index} of {count}",
+            hint="shards are numbered from 00001 to the count (llama.cpp's gguf-split names)",
+        )
     shards = [
         path.with_name(f"{match['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)
     ]
@@ -51,14 +68,32 @@ def _open_gguf(path: Path) -> Any:
     from gguf import GGUFReader  # imported here: numpy and gguf cost ~100 ms
 
     try:
+        _check_gguf(path)
         return GGUFReader(path)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file", hint="check the model path") from None
-    except (ValueError, IndexError, OSError, KeyError) as exc:
+    except (ValueError, IndexError, OSError, KeyError) as exc:  # HeaderError is a ValueError
         raise InputError(
             f"{path}: not a readable GGUF file ({exc})",
             hint="pass a complete .gguf model file (a truncated download fails here too)",
         ) from None
+
+
+def _check_gguf(path: Path) -> None:
+    """A regular file whose header counts fit in it (models/gguf_header.py), before the reader
+    loops on them; a FIFO would block the read, a directory is no model."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise HeaderError("not a regular file")
+        if info.st_size == 0:
+            raise HeaderError("the file is empty")
+        # Not closed here: a HeaderError's traceback still holds views of it; GC unmaps it.
+        mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    check_header(mapped)
 
 
 def _field(reader: Any, key: str) -> Any:
@@ -86,14 +121,33 @@ class _Metadata:
     def get(self, key: str) -> Any:
         return _field(self.reader, f"{self.arch}.{key}")
 
-    def int_or_none(self, key: str) -> int | None:
+    def int_or_none(self, key: str, limit: int = _MAX_COUNT) -> int | None:
         value = self.get(key)
         if isinstance(value, list):  # per-layer arrays (e.g. head_count_kv): the largest bounds KV
-            value = max(value) if value else None
-        return None if value is None else int(value)
+            value = max(value, key=self._sortable) if value else None
+        if value is None:
+            return None
+        # A count is an unsigned integer in every header llama.cpp writes: a string, NaN or a
+        # huge float here is a corrupt or hostile file, not a shape to plan for.
+        number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+        if number is None or not math.isfinite(number) or number != int(number):
+            raise InputError(
+                f"{self.path}: GGUF header {self.arch}.{key} is {value!r:.40}, not a count",
+                hint="the file is corrupt or not a model: re-download or re-convert it",
+            )
+        if not 0 <= number <= limit:
+            raise InputError(
+                f"{self.path}: GGUF header {self.arch}.{key} is {int(number)}, outside 0..{limit}",
+                hint="the file is corrupt or not a model: re-download or re-convert it",
+            )
+        return int(number)
 
-    def required(self, key: str) -> int:
-        value = self.int_or_none(key)
+    @staticmethod
+    def _sortable(value: object) -> float:
+        return float(value) if isinstance(value, int | float) else math.inf
+
+    def required(self, key: str, limit: int = _MAX_COUNT) -> int:
+        value = self.int_or_none(key, limit)
         if value is None:
             raise InputError(
                 f"{self.path}: GGUF header lacks {self.arch}.{key}",
@@ -110,7 +164,7 @@ def _swa_layers(meta: _Metadata, n_layer: int, window: int | None) -> tuple[bool
     return swa_layers(n_layer, bool(window), period)
 
 
-def _tensor_bytes(readers: list[Any], n_layer: int) -> tuple[list[int], int, int, bool]:
+def _tensor_bytes(readers: list[Any], n_layer: int, path: Path) -> tuple[list[int], int, int, bool]:
     layers = [0] * n_layer
     input_bytes = output_bytes = 0
     has_output = False
@@ -118,7 +172,7 @@ def _tensor_bytes(readers: list[Any], n_layer: int) -> tuple[list[int], int, int
         for tensor in reader.tensors:
             name, size = tensor.name, int(tensor.n_bytes)
             if name.startswith("blk."):
-                layer = int(name.split(".")[1])
+                layer = _layer_of(name, path)
                 if layer < n_layer:
                     layers[layer] += size
             elif name == "token_embd.weight":
@@ -129,17 +183,27 @@ def _tensor_bytes(readers: list[Any], n_layer: int) -> tuple[list[int], int, int
     return layers, input_bytes, output_bytes, has_output
 
 
+def _layer_of(name: str, path: Path) -> int:
+    match = _LAYER.match(name)
+    if match is None:
+        raise InputError(
+            f"{path}: tensor {name!r} has no layer number after 'blk.'",
+            hint="the file is corrupt or not a llama.cpp model",
+        )
+    return int(match[1])
+
+
 def spec_from_gguf(path: Path) -> ModelSpec:
     shards = split_shards(path)
     readers = [_open_gguf(p) for p in shards]
     meta = _Metadata(readers[0], path)
-    n_layer = meta.required("block_count")
+    n_layer = meta.required("block_count", MAX_LAYERS)
     n_embd = meta.required("embedding_length")
     n_head = meta.int_or_none("attention.head_count") or 0
     n_head_kv = meta.int_or_none("attention.head_count_kv") or n_head
     head_dim = n_embd // n_head if n_head else 0
     window = meta.int_or_none("attention.sliding_window")
-    layers, input_bytes, output_bytes, has_output = _tensor_bytes(readers, n_layer)
+    layers, input_bytes, output_bytes, has_output = _tensor_bytes(readers, n_layer, path)
     if not has_output:
         # Tied embeddings: llama.cpp loads token_embd a second time as the output head.
         output_bytes += input_bytes
@@ -180,7 +244,7 @@ def _file_type_name(file_type: Any) -> str | None:
 
     try:
         return LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_")
-    except ValueError:
+    except (ValueError, TypeError, OverflowError):  # a string, a list, NaN or inf
         return None
 
 
@@ -210,7 +274,7 @@ def ollama_manifest_path(models_dir: Path, name: str) -> Path:
 def ollama_blob(models_dir: Path, name: str) -> Path | None:
     """The model blob of an installed Ollama model, or None when it is not installed."""
     manifest_path = ollama_manifest_path(models_dir, name)
-    if not manifest_path.is_file():
+    if not (exists(manifest_path) and manifest_path.is_file()):
         return None
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -248,7 +312,7 @@ def resolve(ref: str, environ: Mapping[str, str], root: Path | None = None) -> M
     """A GGUF path, an installed Ollama model (in the store below `root`), or a catalog tag,
     tried in that order."""
     path = Path(ref)
-    if ref.endswith(".gguf") or path.is_file():
+    if ref.endswith(".gguf") or (exists(path) and not path.is_dir()):
         return spec_from_gguf(path)
     models_dir = ollama_models_dir(environ, root)
     blob = ollama_blob(models_dir, ref)

@@ -19,6 +19,13 @@ from typing import Any
 import yaml
 
 from provision.assets import asset_dir
+from provision.documents import (
+    DocumentError,
+    check_yaml_depth,
+    check_yaml_int,
+    exists,
+    read_document,
+)
 from provision.errors import InputError
 from provision.models import catalog
 from provision.models.estimate import KvType, Runtime
@@ -117,6 +124,17 @@ class _LineDict(dict[str, Any]):
 
 
 class _LineLoader(yaml.SafeLoader):
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        # The composer recurses once per level: stop a deep document before Python does.
+        self._depth += 1
+        try:
+            check_yaml_depth(self._depth, self.peek_event().start_mark.line + 1)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
         seen: set[object] = set()
         for key, _ in node.value:
@@ -144,8 +162,14 @@ def _construct_line_dict(loader: _LineLoader, node: yaml.MappingNode) -> Any:
     return loader.construct_mapping(node)
 
 
+def _construct_int(loader: _LineLoader, node: yaml.ScalarNode) -> Any:
+    check_yaml_int(node.value, node.start_mark.line + 1)  # before int() of 5,000 digits
+    return loader.construct_yaml_int(node)
+
+
 # SafeLoader's own map constructor copies into a plain dict; keep ours.
 _LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_line_dict)
+_LineLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def _line_of(data: Any, path: str) -> int | None:
@@ -202,11 +226,11 @@ def _read(ref: str, relative_to: Path | None) -> tuple[str, str]:
     """(text, source) of a profile named by file path or bundled name."""
     candidates = [Path(ref)] if relative_to is None else [relative_to / ref, Path(ref)]
     for path in candidates:
-        if path.suffix in (".yaml", ".yml") and path.is_file():
+        if path.suffix in (".yaml", ".yml") and exists(path):
             return _text(path), str(path)
     name = Path(ref).name.removesuffix(".yaml")
     bundled = asset_dir("profiles").joinpath(f"{name}.yaml")
-    if bundled.is_file():
+    if exists(bundled) and bundled.is_file():
         return bundled.read_text(encoding="utf-8"), f"profiles/{name}.yaml"
     raise InputError(
         f"profile '{ref}' not found: not a file and not a bundled profile",
@@ -216,9 +240,11 @@ def _read(ref: str, relative_to: Path | None) -> tuple[str, str]:
 
 def _text(path: Path) -> str:
     try:
-        data = path.read_bytes()
+        data = read_document(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read the profile: {exc.strerror}") from None
+    except DocumentError as exc:
+        raise InputError(f"{path}: {exc.problem}", hint="pass a profile YAML file") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -232,6 +258,11 @@ def _text(path: Path) -> str:
 def _parse(text: str, source: str) -> Any:
     try:
         data = yaml.load(text, Loader=_LineLoader)
+    except DocumentError as exc:
+        where = f"{source}:{exc.line}" if exc.line else source
+        raise InputError(
+            f"{where}: {exc.problem}", hint="fix that line; see profiles/ for working examples"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
@@ -268,8 +299,11 @@ def _resolve_extends(data: dict[str, Any], source: str, seen: tuple[str, ...]) -
         raise _error(source, data, "extends", "expected a profile name or file")
     if parent_ref in seen:
         raise _error(source, data, "extends", f"circular: {' -> '.join((*seen, parent_ref))}")
-    here = Path(source).parent if Path(source).is_file() else None
-    text, parent_source = _read(parent_ref, here)
+    here = Path(source).parent if exists(Path(source)) else None
+    try:
+        text, parent_source = _read(parent_ref, here)
+    except InputError as exc:  # name the file and line that asked for it
+        raise _error(source, data, "extends", exc.message, exc.hint) from None
     parent = _resolve_extends(
         _absolute_model_paths(_parse(text, parent_source), parent_source),
         parent_source,

@@ -114,15 +114,17 @@ def modelfile_value(value: object) -> str:
     """A Modelfile argument (`FROM x`, `PARAMETER num_ctx x`).
 
     Ollama takes the rest of the line, trims surrounding whitespace and strips one pair of
-    surrounding double quotes without any escape processing: so a value must be one line, must
-    not start with a quote and must not have surrounding whitespace, or it would be read back
-    differently.
+    surrounding double quotes (or triple quotes) without any escape processing, and keeps only
+    the runes Go's strconv.IsPrint accepts (parser/parser.go, ParseFile): so a value must be
+    one line, must not start with a quote, must not have surrounding whitespace and must be
+    printable (Python's isprintable is the same rule: no Other or Separator but the ASCII
+    space), or it would be read back differently.
     """
     text = _one_line(value, "Modelfile value")
-    if not text or text != text.strip() or text.startswith('"'):
+    if not text or text != text.strip() or text.startswith('"') or not text.isprintable():
         raise ValueError(
             f"Modelfile value {text!r} would be read back differently by Ollama "
-            "(empty, surrounding whitespace, or a leading double quote)"
+            "(empty, surrounding whitespace, a leading double quote, or a character it drops)"
         )
     return text
 

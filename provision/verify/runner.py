@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import posixpath
 import shutil
@@ -23,6 +22,8 @@ import pytest
 import testinfra
 import testinfra.backend
 
+from provision.change.manifest import shape_problem
+from provision.documents import DocumentError, load_json, read_document
 from provision.errors import HostError, InputError, ProvisionError
 from provision.paths import MANIFEST_PATH
 from provision.verify.checks import Check, ManifestError, checks_for
@@ -145,9 +146,11 @@ def _name(host: Any) -> str:
 
 def _read_local_manifest(path: Path) -> dict[str, Any]:
     try:
-        return _parse_manifest(path.read_text(), str(path))
-    except OSError as exc:
-        raise InputError(f"--manifest {path}: cannot read: {exc.strerror}") from None
+        text = read_document(path).decode("utf-8", "replace")
+    except (OSError, DocumentError) as exc:
+        why = exc.problem if isinstance(exc, DocumentError) else exc.strerror
+        raise InputError(f"--manifest {path}: cannot read: {why}") from None
+    return _parse_manifest(text, str(path))
 
 
 def _read_host_manifest(host: Any, name: str, root: str) -> dict[str, Any]:
@@ -176,11 +179,14 @@ def _reason(exc: Exception) -> str:
 
 def _parse_manifest(text: str, where: str) -> dict[str, Any]:
     try:
-        document = json.loads(text)
-    except ValueError as exc:
+        document = load_json(text)
+    except ValueError as exc:  # a DocumentError too: too large, too deep, a 5,000-digit number
         raise InputError(f"{where}: not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise InputError(f"{where}: not a manifest (a JSON object)")
+    problem = shape_problem(document)
+    if problem is not None:
+        raise InputError(f"{where}: not a manifest as apply writes it: {problem}")
     return document
 
 
