@@ -60,6 +60,11 @@ class RunSettings:
     ubatch: int = 512
     # llama-server as we render it: one KV pool shared by all slots.
     kv_unified: bool = True
+    # The worst-case graph is reserved with a logits row for every token of the micro-batch
+    # (llama-context.cpp sched_reserve: graph_reserve(n_tokens, n_seqs, n_tokens)). llama.cpp
+    # after PR #23861 (2026-05) lets llama-server cap that at its slots (n_outputs_max); every
+    # older build, and Ollama's vendored one, reserves them all. Unknown build: assume all.
+    logits_all: bool = True
 
     def __post_init__(self) -> None:
         if self.ctx_tokens <= 0:
@@ -157,7 +162,10 @@ def compute_bytes(
     With several devices and every layer offloaded, llama.cpp pipelines micro-batches (4 graph
     copies): each device then holds 4 masks and extra input copies, 12 n_embd-wide ones where
     the output head is not and 3 where it is. Without flash attention the f32 attention scores
-    (micro-batch x cells x heads) come on top; that case is not calibrated.
+    (micro-batch x cells x heads) come on top (an upper bound: real CUDA loads without flash
+    attention stay under it, bench/ACCURACY.md). On the device holding the output head, a
+    build that reserves logits for every micro-batch token (`logits_all`) peaks at those
+    logits instead where they are larger, as they are for every 128k-250k vocabulary.
     """
     ubatch = min(settings.ubatch, settings.batch)
     cells = kv_cells(spec, settings)
@@ -173,6 +181,11 @@ def compute_bytes(
         total += mask
     if not settings.flash_attention:
         total += ubatch * cells.full_per_stream * spec.n_head * 4
+    if holds_output and settings.logits_all:
+        # The output head's peak: the f32 logits of every micro-batch token and the normed
+        # input they are computed from, live together after the layers' tensors are freed
+        # (real CUDA loads match this to 0.01 MiB: bench/real_logs.yaml).
+        total = max(total, ubatch * 4 * (spec.n_vocab + spec.n_embd))
     if compute_capability is not None and compute_capability < (5, 0):
         total = int(total * KEPLER_COMPUTE_FACTOR)
     return total
