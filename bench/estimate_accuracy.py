@@ -213,11 +213,18 @@ def real_log_errors(entry: dict[str, Any]) -> list[Error]:
     spec, settings = spec_of_log(entry), settings_of_log(entry)
     # llama.cpp pipelines micro-batches whenever every layer sits on more than one GPU.
     pipeline = len(entry["gpus"]) > 1
+    # Blocks left on the host: the first GPU copies their weights in to run their products.
+    host = spec.layer_weight_bytes[0] if entry.get("host_layers") else 0
     errors = []
-    for device in entry["devices"]:
+    for i, device in enumerate(entry["devices"]):
         first, last = device["layers"]
         estimate = device_footprint(
-            spec, settings, range(first, last + 1), device["holds_output"], pipeline=pipeline
+            spec,
+            settings,
+            range(first, last + 1),
+            device["holds_output"],
+            pipeline=pipeline,
+            host_weight_bytes=host if i == 0 else 0,
         )
         logged = device["logged"]
         pairs = {

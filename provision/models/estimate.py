@@ -153,6 +153,7 @@ def compute_bytes(
     holds_output: bool,
     compute_capability: tuple[int, int] | None = None,
     pipeline: bool = False,
+    host_weight_bytes: int = 0,
 ) -> int:
     """The compute buffer llama.cpp reserves on a device that runs layers.
 
@@ -166,6 +167,11 @@ def compute_bytes(
     attention stay under it, bench/ACCURACY.md). On the device holding the output head, a
     build that reserves logits for every micro-batch token (`logits_all`) peaks at those
     logits instead where they are larger, as they are for every 128k-250k vocabulary.
+
+    `host_weight_bytes`: with layers left in host memory, ggml's scheduler runs their matrix
+    products on the first GPU for prompt-sized batches and copies their weights into its
+    compute buffer to do so (ggml-backend.cpp ggml_backend_sched_backend_id_from_cur, the
+    op_offload loop takes the first backend that accepts); counted on top, an upper bound.
     """
     ubatch = min(settings.ubatch, settings.batch)
     cells = kv_cells(spec, settings)
@@ -188,7 +194,7 @@ def compute_bytes(
         total = max(total, ubatch * 4 * (spec.n_vocab + spec.n_embd))
     if compute_capability is not None and compute_capability < (5, 0):
         total = int(total * KEPLER_COMPUTE_FACTOR)
-    return total
+    return total + host_weight_bytes
 
 
 def device_overhead_bytes(
@@ -238,6 +244,16 @@ def assign_layers(
     return layers, device_of(n_layer)
 
 
+def host_weight_bytes(
+    spec: ModelSpec, device_layers: Sequence[Sequence[int]], output_device: int | None
+) -> int:
+    """The largest weights left in host memory that the first GPU copies in to run them: one
+    host block (its matrices run one block at a time), or the output head when it stayed."""
+    on_gpu = {il for layers in device_layers for il in layers}
+    host = [spec.layer_weight_bytes[il] for il in range(spec.n_layer) if il not in on_gpu]
+    return max([*host, spec.output_bytes if output_device is None else 0, 0])
+
+
 def device_footprint(
     spec: ModelSpec,
     settings: RunSettings,
@@ -247,6 +263,7 @@ def device_footprint(
     legacy_ollama: bool = False,
     pipeline: bool = False,
     rocm: bool = False,
+    host_weight_bytes: int = 0,
 ) -> DeviceFootprint:
     weights = sum(spec.layer_weight_bytes[il] for il in layers)
     if holds_output:
@@ -258,7 +275,9 @@ def device_footprint(
         weights_bytes=weights,
         kv_bytes=kv_bytes(spec, settings, layers),
         compute_bytes=(
-            compute_bytes(spec, settings, holds_output, compute_capability, pipeline)
+            compute_bytes(
+                spec, settings, holds_output, compute_capability, pipeline, host_weight_bytes
+            )
             if runs_something
             else 0
         ),

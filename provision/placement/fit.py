@@ -24,6 +24,7 @@ from provision.models.estimate import (
     compute_bytes,
     device_footprint,
     device_overhead_bytes,
+    host_weight_bytes,
     kv_bytes,
 )
 from provision.models.spec import ModelSpec
@@ -101,7 +102,12 @@ class _Fitter:
         self.rig, self.spec, self.settings, self.legacy = rig, spec, settings, legacy
 
     def share(
-        self, gpu: Gpu, layers: Sequence[int], holds_output: bool, pipeline: bool = False
+        self,
+        gpu: Gpu,
+        layers: Sequence[int],
+        holds_output: bool,
+        pipeline: bool = False,
+        host_bytes: int = 0,
     ) -> GpuShare:
         footprint = device_footprint(
             self.spec,
@@ -112,6 +118,7 @@ class _Fitter:
             self.legacy,
             pipeline,
             rocm=gpu.vendor == Vendor.AMD,
+            host_weight_bytes=host_bytes,
         )
         return GpuShare(gpu, usable_free_bytes(gpu), footprint)
 
@@ -147,7 +154,12 @@ class _Fitter:
     ) -> list[GpuShare]:
         layers, output_device = assign_layers(self.spec.n_layer, proportions, n_gpu_layers)
         pipeline = _pipelined(gpus, n_gpu_layers)
-        return [self.share(g, layers[i], output_device == i, pipeline) for i, g in enumerate(gpus)]
+        # Partial offload: the first GPU also runs the host blocks' matrix products.
+        host = host_weight_bytes(self.spec, layers, output_device) if n_gpu_layers else 0
+        return [
+            self.share(g, layers[i], output_device == i, pipeline, host if i == 0 else 0)
+            for i, g in enumerate(gpus)
+        ]
 
 
 def _pipelined(gpus: Sequence[Gpu], n_gpu_layers: int | None) -> bool:
