@@ -18,7 +18,7 @@ from provision.desired import DesiredState
 from provision.errors import InputError, ProfileFieldError
 from provision.hardware.rig import Rig, dump_rig
 from provision.models.estimate import Runtime
-from provision.models.refs import resolve
+from provision.models.refs import mmproj_spec, resolve
 from provision.models.spec import ModelSpec
 from provision.placement.decisions import Placement
 from provision.placement.place import place
@@ -45,7 +45,9 @@ def desired_state(
     profile = load_profile(profile_ref)
     try:
         specs = {
-            entry.ref: _resolve_model(entry.ref, f"models[{i}].ref", environ, root)
+            entry.ref: _with_mmproj(
+                _resolve_model(entry.ref, f"models[{i}].ref", environ, root), entry.mmproj, root
+            )
             for i, entry in enumerate(profile.models)
         }
         placement = place(rig, profile, specs, sysfs_root)
@@ -70,6 +72,15 @@ def _resolve_model(
         raise
     except InputError as exc:
         raise ProfileFieldError(field, exc.message, exc.hint) from None
+
+
+def _with_mmproj(spec: ModelSpec, mmproj: str | None, root: Path | None) -> ModelSpec:
+    """A model served with `--mmproj FILE`: the projector's size from that file in the target's
+    tree, else the catalog's figure."""
+    if not mmproj:
+        return spec
+    on_target = (root or Path("/")) / mmproj.lstrip("/") if mmproj.startswith("/") else Path(mmproj)
+    return mmproj_spec(spec, str(on_target), mmproj)
 
 
 def _model_file_warnings(placement: Placement, root: Path, must_exist: bool) -> list[str]:

@@ -85,10 +85,18 @@ class DeviceFootprint:
     kv_bytes: int
     compute_bytes: int
     overhead_bytes: int
+    # The vision tower/projector weights and its compute graph (the first GPU only).
+    projector_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.overhead_bytes
+        return (
+            self.weights_bytes
+            + self.kv_bytes
+            + self.compute_bytes
+            + self.overhead_bytes
+            + self.projector_bytes
+        )
 
 
 def _pad(value: int, multiple: int) -> int:
@@ -264,7 +272,12 @@ def device_footprint(
     pipeline: bool = False,
     rocm: bool = False,
     host_weight_bytes: int = 0,
+    holds_projector: bool = False,
 ) -> DeviceFootprint:
+    """`holds_projector`: this is the first GPU of a multimodal model. llama.cpp's mtmd loads
+    the projector on the first GPU backend (tools/mtmd/clip.cpp, the clip_ctx constructor:
+    ggml_backend_init_by_type(GPU)), and Ollama's <= 0.12 estimator charges it to the first
+    GPU (llm/memory.go estimateGPULayers, gpuZeroOverhead)."""
     weights = sum(spec.layer_weight_bytes[il] for il in layers)
     if holds_output:
         weights += spec.output_bytes
@@ -284,4 +297,10 @@ def device_footprint(
         overhead_bytes=(
             device_overhead_bytes(settings, legacy_ollama, rocm) if runs_something else 0
         ),
+        projector_bytes=projector_footprint_bytes(spec) if holds_projector else 0,
     )
+
+
+def projector_footprint_bytes(spec: ModelSpec) -> int:
+    """The projector's weights and compute graph, where the model has one."""
+    return spec.projector_bytes + spec.projector_graph_bytes if spec.multimodal else 0

@@ -26,6 +26,7 @@ from provision.models.estimate import (
     device_overhead_bytes,
     host_weight_bytes,
     kv_bytes,
+    projector_footprint_bytes,
 )
 from provision.models.spec import ModelSpec
 from provision.units import MIB, gib
@@ -108,6 +109,7 @@ class _Fitter:
         holds_output: bool,
         pipeline: bool = False,
         host_bytes: int = 0,
+        first: bool = True,
     ) -> GpuShare:
         footprint = device_footprint(
             self.spec,
@@ -119,16 +121,20 @@ class _Fitter:
             pipeline,
             rocm=gpu.vendor == Vendor.AMD,
             host_weight_bytes=host_bytes,
+            holds_projector=first,
         )
         return GpuShare(gpu, usable_free_bytes(gpu), footprint)
 
     def single(self, gpu: Gpu) -> GpuShare:
         return self.share(gpu, range(self.spec.n_layer), True)
 
-    def layer_capacity(self, gpu: Gpu, holds_output: bool, pipeline: bool) -> float:
+    def layer_capacity(
+        self, gpu: Gpu, holds_output: bool, pipeline: bool, first: bool = False
+    ) -> float:
         """Bytes left for layers (weights + KV) once the fixed costs are paid."""
         cc = gpu.compute_capability_tuple
         fixed = compute_bytes(self.spec, self.settings, holds_output, cc, pipeline)
+        fixed += projector_footprint_bytes(self.spec) if first else 0
         fixed += device_overhead_bytes(self.settings, self.legacy, gpu.vendor == Vendor.AMD)
         fixed += self.spec.output_bytes if holds_output else 0
         return max(usable_free_bytes(gpu) - fixed, 0)
@@ -137,7 +143,8 @@ class _Fitter:
         """Layers over `gpus` in order, proportional to room for layers, then rebalanced."""
         pipeline = _pipelined(gpus, n_gpu_layers)
         proportions = [
-            self.layer_capacity(g, i == len(gpus) - 1, pipeline) + 1.0 for i, g in enumerate(gpus)
+            self.layer_capacity(g, i == len(gpus) - 1, pipeline, i == 0) + 1.0
+            for i, g in enumerate(gpus)
         ]
         shares = self.assign(gpus, proportions, n_gpu_layers)
         for _ in range(_REBALANCE_STEPS):
@@ -157,7 +164,7 @@ class _Fitter:
         # Partial offload: the first GPU also runs the host blocks' matrix products.
         host = host_weight_bytes(self.spec, layers, output_device) if n_gpu_layers else 0
         return [
-            self.share(g, layers[i], output_device == i, pipeline, host if i == 0 else 0)
+            self.share(g, layers[i], output_device == i, pipeline, host if i == 0 else 0, i == 0)
             for i, g in enumerate(gpus)
         ]
 

@@ -44,6 +44,7 @@ class ModelEntry:
     gpus: tuple[int, ...] | None = None  # pin to these GPU indices
     name: str | None = None  # the Ollama model to create; default derived from ref and ctx
     path: str | None = None  # GGUF file the runtime loads (llama-server)
+    mmproj: str | None = None  # the vision projector GGUF llama-server loads with --mmproj
 
 
 @dataclass(frozen=True)
