@@ -191,3 +191,17 @@ def test_device_footprint_sums_its_layers() -> None:
     )
     idle = device_footprint(spec, settings, [], holds_output=False)
     assert idle.total_bytes == 0
+
+
+def test_projector_weights_and_graph_sit_on_the_first_gpu_only() -> None:
+    spec = _spec("gemma3:12b")
+    assert spec.multimodal and spec.projector_graph_bytes == 1 << 30
+    settings = RunSettings(ctx_tokens=8192)
+    first = device_footprint(spec, settings, range(24), False, holds_projector=True)
+    second = device_footprint(spec, settings, range(24, 48), True)
+    assert first.projector_bytes == spec.projector_bytes + spec.projector_graph_bytes
+    assert second.projector_bytes == 0
+    assert (
+        first.total_bytes - first.projector_bytes
+        == device_footprint(spec, settings, range(24), False).total_bytes
+    )

@@ -436,3 +436,38 @@ def test_a_replica_count_the_rig_cannot_build_is_warned_about(tmp_path: Path) ->
     ignored = _profile(tmp_path, "extends: llama-server\nreplicas: 2\n")
     served = _place("synthetic-2x3090-x16-x8", ignored)
     assert any(w.startswith("replicas: 2 is ignored: llama-server") for w in served.warnings)
+
+
+def test_a_vision_model_counts_its_projector_and_pads_the_fit_target(tmp_path: Path) -> None:
+    # Our unit sets LLAMA_ARG_FIT_TARGET, so Ollama (>= 0.31.2) keeps it without adding its
+    # projector pad (llm/llama_server.go extraEnvsForStart): the margin carries it.
+    ref = _profile(tmp_path, "models: [{ref: gemma3:12b, ctx: 8192}]\n")
+    plan = _place("synthetic-2060-3090", ref)  # Ollama 0.30.x: the fit variables are rendered
+    (model,) = plan.models
+    first = model.fit.shares[0].footprint
+    assert first.projector_bytes == model.spec.projector_bytes + (1 << 30)
+    pad = -(-(model.spec.projector_bytes + (1 << 30)) // 2**20)
+    assert _env(plan)["LLAMA_ARG_FIT_TARGET"] == str(512 + pad)
+    text = "models: [{ref: qwen2.5:32b, ctx: 32768}]\n"
+    assert (
+        _env(_place("synthetic-2060-3090", _profile(tmp_path, text)))["LLAMA_ARG_FIT_TARGET"]
+        == "512"
+    )
+
+
+def test_llama_server_loads_the_mmproj_file_it_was_given(tmp_path: Path) -> None:
+    mmproj = tmp_path / "mmproj-f16.gguf"
+    mmproj.write_bytes(b"\0" * 4096)
+    text = (
+        "runtime: llama-server\nmodels:\n"
+        f"  - {{ref: gemma3:4b, ctx: 4096, path: /srv/g.gguf, mmproj: {mmproj}}}\n"
+    )
+    profile = load_profile(_profile(tmp_path, text))
+    from provision.models.refs import mmproj_spec
+
+    specs = {m.ref: mmproj_spec(resolve(m.ref, os.environ), str(m.mmproj)) for m in profile.models}
+    plan = place(load_named_rig("synthetic-1x4090"), profile, specs)
+    args = list(plan.instances[0].args)
+    assert args[args.index("--mmproj") + 1] == str(mmproj)
+    # The file here says how large the projector is.
+    assert plan.models[0].spec.projector_bytes == 4096
