@@ -165,8 +165,14 @@ def table(runs: list[dict[str, Any]], errors: list[Error]) -> list[str]:
 
 
 def spec_of_log(entry: dict[str, Any]) -> ModelSpec:
-    """A ModelSpec from a log's printed (or identified) hyperparameters; weights per block
-    only where the log's own model buffer gives them."""
+    """The catalog's spec where the log is of a catalog model; else one from the log's printed
+    (or identified) hyperparameters, weights per block only where the log gives them."""
+    if entry.get("catalog"):
+        from provision.models import catalog
+
+        found = catalog.lookup(entry["catalog"])
+        assert found is not None, entry["catalog"]
+        return found
     shape = entry["shape"]
     n_layer = int(shape["n_layer"])
     per_layer = int(float(entry.get("weights_mib_per_layer") or 0) * MIB)
@@ -190,7 +196,7 @@ def spec_of_log(entry: dict[str, Any]) -> ModelSpec:
         n_expert_used=None,
         layer_weight_bytes=(per_layer,) * n_layer,
         input_bytes=0,
-        output_bytes=0,
+        output_bytes=int(float(entry.get("output_mib") or 0) * MIB),
         file_bytes=0,
         kv_known=True,
     )
@@ -211,6 +217,7 @@ def settings_of_log(entry: dict[str, Any]) -> RunSettings:
 
 def real_log_errors(entry: dict[str, Any]) -> list[Error]:
     spec, settings = spec_of_log(entry), settings_of_log(entry)
+    legacy = settings.runtime == Runtime.OLLAMA
     # llama.cpp pipelines micro-batches whenever every layer sits on more than one GPU.
     pipeline = len(entry["gpus"]) > 1
     # Blocks left on the host: the first GPU copies their weights in to run their products.
@@ -223,8 +230,10 @@ def real_log_errors(entry: dict[str, Any]) -> list[Error]:
             settings,
             range(first, last + 1),
             device["holds_output"],
+            legacy_ollama=legacy,
             pipeline=pipeline,
             host_weight_bytes=host if i == 0 else 0,
+            holds_projector=bool(device.get("holds_projector")),
         )
         logged = device["logged"]
         pairs = {
@@ -234,7 +243,15 @@ def real_log_errors(entry: dict[str, Any]) -> list[Error]:
         if logged.get("model_mib") is not None and entry.get("weights_mib_per_layer"):
             pairs["weights"] = (estimate.weights_bytes, logged["model_mib"])
         shown = [(e, m) for e, m in pairs.values() if m is not None]
-        pairs["footprint"] = (sum(e for e, _ in shown), sum(m for _, m in shown))
+        if logged.get("ollama_required_mib"):
+            # Ollama's own full-offload prediction against our whole footprint on that GPU.
+            required = logged["ollama_required_mib"]
+            if not logged.get("ollama_fully_loaded", True):
+                # llm/memory.go: a partial load is summed with the partial-offload graph.
+                required += logged["ollama_graph_full_mib"] - logged["ollama_graph_partial_mib"]
+            pairs["ollama_predicted"] = (estimate.total_bytes, required)
+        else:
+            pairs["footprint"] = (sum(e for e, _ in shown), sum(m for _, m in shown))
         for component, (est, meas) in pairs.items():
             if meas:
                 errors.append(
@@ -253,25 +270,25 @@ def real_logs_report() -> tuple[list[str], list[str]]:
         f"{len(logs)} published logs, {len({(e.model, e.device) for e in errors})} devices "
         "(bench/real_logs.yaml); error = (estimate - logged) / logged, negative = under:",
         "",
-        "| log | runtime | GPU | model | ctx | FA | device | compute est / logged MiB | "
-        "compute | KV | footprint |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| log | runtime | GPU | model | ctx | FA | device | est / logged MiB | "
+        "compute | KV | footprint | Ollama predicted |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     failed = []
     for key in dict.fromkeys((e.model, e.device) for e in errors):
         mine = {e.component: e for e in errors if (e.model, e.device) == key}
         entry = by_id[key[0]]
         s = entry["settings"]
-        compute = mine["compute"]
+        shown = mine.get("compute") or mine["ollama_predicted"]
         cells = [
             f"{mine[c].relative * 100:+.1f}%" if c in mine else "-"
-            for c in ("compute", "kv", "footprint")
+            for c in ("compute", "kv", "footprint", "ollama_predicted")
         ]
         gpu = entry["gpus"][0] if len(entry["gpus"]) == 1 else f"{len(entry['gpus'])} GPUs"
         lines.append(
             f"| [{entry['id']}]({entry['url']}) | {entry['runtime'].split(' (')[0]} | {gpu} | "
             f"{entry['model']} | {s['ctx']} | {'on' if s['flash_attention'] else 'off'} | "
-            f"{key[1]} | {compute.estimated_mib:.2f} / {compute.measured_mib:.2f} | "
+            f"{key[1]} | {shown.component}: {shown.estimated_mib:.0f} / {shown.measured_mib:.0f} | "
             + " | ".join(cells)
             + " |"
         )
