@@ -354,23 +354,33 @@ def largest_fitting_context(
 
 
 def suggest(rig: Rig, spec: ModelSpec, settings: RunSettings, legacy: bool) -> list[str]:
-    """What would fit entirely on GPUs: a shorter context, a q8_0 KV cache, a smaller quant."""
+    """What would fit entirely on GPUs: a shorter context, a q8_0 or q4_0 KV cache, a smaller
+    quant. Never a context above the model's trained length."""
     found: list[str] = []
+    if spec.ctx_train and settings.ctx_tokens > spec.ctx_train:
+        settings = replace(settings, ctx_tokens=spec.ctx_train)
     ctx = largest_fitting_context(rig, spec, settings, legacy)
     if ctx is not None:
         found.append(f"context {ctx} tokens fits (asked for {settings.ctx_tokens})")
     else:
         found.append("no context length fits: the weights alone are too large")
-    if settings.kv_type == KvType.F16:
-        q8 = replace(settings, kv_type=KvType.Q8_0, flash_attention=True)
-        if fits_entirely(rig, spec, q8, legacy):
-            found.append("a q8_0 KV cache fits (needs flash attention, which it turns on)")
-        else:
-            found.append("a q8_0 KV cache is not enough on its own")
+    found += _kv_suggestions(rig, spec, settings, legacy)
     smaller = _largest_fitting_quant(rig, spec, settings, legacy)
     if smaller:
         found.append(smaller)
     return found
+
+
+def _kv_suggestions(rig: Rig, spec: ModelSpec, settings: RunSettings, legacy: bool) -> list[str]:
+    """The smaller KV caches, larger first: the first that fits, or that none does."""
+    now = settings.kv_type.bytes_per_element
+    smaller = [k for k in (KvType.Q8_0, KvType.Q4_0) if k.bytes_per_element < now]
+    for kv in smaller:
+        if fits_entirely(rig, spec, replace(settings, kv_type=kv, flash_attention=True), legacy):
+            return [f"a {kv} KV cache fits (needs flash attention, which it turns on)"]
+    return (
+        [f"a {' or '.join(map(str, smaller))} KV cache is not enough on its own"] if smaller else []
+    )
 
 
 def _largest_fitting_quant(
