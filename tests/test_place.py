@@ -471,3 +471,11 @@ def test_llama_server_loads_the_mmproj_file_it_was_given(tmp_path: Path) -> None
     assert args[args.index("--mmproj") + 1] == str(mmproj)
     # The file here says how large the projector is.
     assert plan.models[0].spec.projector_bytes == 4096
+
+
+def test_an_unmodelled_architecture_is_named_in_the_plan(tmp_path: Path) -> None:
+    ref = _profile(tmp_path, "models: [{ref: llama4:16x17b, ctx: 8192}]\n")
+    plan = _place("synthetic-8xa100-nvlink", ref)
+    assert any("architecture 'llama4' is not modelled" in w for w in plan.warnings)
+    plain = _place("synthetic-8xa100-nvlink", _profile(tmp_path, "models: [{ref: qwen3:14b}]\n"))
+    assert not any("not modelled" in w for w in plain.warnings)

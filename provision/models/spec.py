@@ -19,6 +19,10 @@ KNOWN_KV_ARCHS = frozenset(
         "qwen3",
         "qwen3moe",
         "qwen2moe",
+        # Qwen2.5-VL's text decoder (Ollama writes qwen25vl, llama.cpp qwen2vl): a plain GQA
+        # cache; M-RoPE changes positions, not the cache.
+        "qwen25vl",
+        "qwen2vl",
         "gemma",
         "gemma2",
         "gemma3",
