@@ -20,7 +20,7 @@ from provision.hardware.rig import Rig, dump_rig
 from provision.models.estimate import Runtime
 from provision.models.refs import mmproj_spec, resolve
 from provision.models.spec import ModelSpec
-from provision.placement.decisions import Placement
+from provision.placement.decisions import ModelPlacement, Placement
 from provision.placement.place import place
 from provision.placement.profile import Profile, load_profile
 from provision.render.files import render
@@ -92,31 +92,46 @@ def _model_file_warnings(placement: Placement, root: Path, must_exist: bool) -> 
         return []
     warnings = []
     for i, mp in enumerate(placement.models):
-        path = mp.entry.path or (mp.entry.ref if mp.entry.ref.endswith(".gguf") else None)
-        if not mp.placed or path is None or not path.startswith("/"):
+        if not mp.placed:
             continue
-        field = f"models[{i}].path" if mp.entry.path else f"models[{i}].ref"
-        if path.startswith(("/tmp/", "/var/tmp/")):
-            raise ProfileFieldError(
-                field,
-                f"{path} is in a private /tmp for llama-server's unit (DynamicUser=yes "
-                "implies PrivateTmp=yes): the service would not find it",
-                hint="move the file to e.g. /srv/models/ and point the profile there",
-            )
-        problem = _unreadable_by_others(root, path)
-        if problem is None:
-            continue
-        if problem.startswith("not found") and not must_exist:
-            warnings.append(f"{field}: {path} {problem}: llama-server will fail to start there")
-            continue
+        for field, path in _model_files(mp, i):
+            warning = _model_file_warning(field, path, root, must_exist)
+            if warning:
+                warnings.append(warning)
+    return warnings
+
+
+def _model_files(mp: ModelPlacement, i: int) -> list[tuple[str, str]]:
+    """The files llama-server's unit loads for a model: its GGUF and its projector."""
+    path = mp.entry.path or (mp.entry.ref if mp.entry.ref.endswith(".gguf") else None)
+    files = []
+    if path is not None and path.startswith("/"):
+        files.append((f"models[{i}].path" if mp.entry.path else f"models[{i}].ref", path))
+    if mp.entry.mmproj:
+        files.append((f"models[{i}].mmproj", mp.entry.mmproj))
+    return files
+
+
+def _model_file_warning(field: str, path: str, root: Path, must_exist: bool) -> str | None:
+    if path.startswith(("/tmp/", "/var/tmp/")):
         raise ProfileFieldError(
             field,
-            f"{path} {problem}",
-            hint="llama-server runs as a transient user (DynamicUser=yes): the file must be "
-            "readable by others (chmod o+r) in folders they may enter (chmod o+x), e.g. under "
-            "/srv/models",
+            f"{path} is in a private /tmp for llama-server's unit (DynamicUser=yes "
+            "implies PrivateTmp=yes): the service would not find it",
+            hint="move the file to e.g. /srv/models/ and point the profile there",
         )
-    return warnings
+    problem = _unreadable_by_others(root, path)
+    if problem is None:
+        return None
+    if problem.startswith("not found") and not must_exist:
+        return f"{field}: {path} {problem}: llama-server will fail to start there"
+    raise ProfileFieldError(
+        field,
+        f"{path} {problem}",
+        hint="llama-server runs as a transient user (DynamicUser=yes): the file must be "
+        "readable by others (chmod o+r) in folders they may enter (chmod o+x), e.g. under "
+        "/srv/models",
+    )
 
 
 def _unreadable_by_others(root: Path, path: str) -> str | None:
