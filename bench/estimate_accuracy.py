@@ -10,6 +10,8 @@ provision.models.estimate in the same layout, and prints the error of each compo
   python bench/estimate_accuracy.py --check    # exit 1 when a target is missed (CI)
   python bench/estimate_accuracy.py --write    # also rewrite bench/ACCURACY.md
   python bench/estimate_accuracy.py --refresh-specs   # re-read the GGUFs (needs the cache)
+  python bench/estimate_accuracy.py --real-logs [--check] [--write]
+      # published CUDA load logs (bench/real_logs.yaml): no component underestimated by > 5%
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ from provision.models.spec import ModelSpec  # noqa: E402
 from provision.typed_load import from_plain, to_plain  # noqa: E402
 
 MEASUREMENTS = REPO / "tests/data/llama_measurements.json"
+REAL_LOGS = REPO / "bench/real_logs.yaml"
+# An underestimate is an OOM: on a real CUDA load no compute buffer, KV cache or per-GPU
+# footprint may be predicted more than this much below what the log shows.
+REAL_LOG_UNDER_BOUND = 0.05
+REAL_LOGS_BEGIN, REAL_LOGS_END = "<!-- real-logs -->", "<!-- /real-logs -->"
 SPECS = REPO / "tests/data/measured_models.json"
 REPORT = REPO / "bench/ACCURACY.md"
 MODELS_CACHE = Path.home() / ".cache/gpu-provision/models"
@@ -100,6 +107,8 @@ def settings_of(run: dict[str, Any]) -> RunSettings:
         batch=run["batch"],
         ubatch=run["ubatch"],
         kv_unified=auto,
+        # The measured build caps the reserved logits at llama-server's slots (PR #23861).
+        logits_all=False,
     )
 
 
@@ -155,12 +164,169 @@ def table(runs: list[dict[str, Any]], errors: list[Error]) -> list[str]:
     return lines
 
 
+def spec_of_log(entry: dict[str, Any]) -> ModelSpec:
+    """The catalog's spec where the log is of a catalog model; else one from the log's printed
+    (or identified) hyperparameters, weights per block only where the log gives them."""
+    if entry.get("catalog"):
+        from provision.models import catalog
+
+        found = catalog.lookup(entry["catalog"])
+        assert found is not None, entry["catalog"]
+        return found
+    shape = entry["shape"]
+    n_layer = int(shape["n_layer"])
+    per_layer = int(float(entry.get("weights_mib_per_layer") or 0) * MIB)
+    return ModelSpec(
+        name=entry["id"],
+        source="catalog",
+        architecture="llama",
+        quant=None,
+        n_layer=n_layer,
+        n_embd=int(shape["n_embd"]),
+        n_ff=int(shape["n_ff"]),
+        n_head=int(shape["n_head"]),
+        n_head_kv=int(shape["n_head_kv"]),
+        key_length=int(shape["head_dim"]),
+        value_length=int(shape["head_dim"]),
+        n_vocab=int(shape["n_vocab"]),
+        ctx_train=shape.get("ctx_train"),
+        sliding_window=None,
+        swa_layers=(False,) * n_layer,
+        n_expert=None,
+        n_expert_used=None,
+        layer_weight_bytes=(per_layer,) * n_layer,
+        input_bytes=0,
+        output_bytes=int(float(entry.get("output_mib") or 0) * MIB),
+        file_bytes=0,
+        kv_known=True,
+    )
+
+
+def settings_of_log(entry: dict[str, Any]) -> RunSettings:
+    s = entry["settings"]
+    return RunSettings(
+        ctx_tokens=int(s["ctx"]),
+        parallel=int(s["parallel"]),
+        kv_type=KvType(s["kv_type"]),
+        runtime=Runtime(s["runtime"]),
+        flash_attention=bool(s["flash_attention"]),
+        batch=int(s["batch"]),
+        ubatch=int(s["ubatch"]),
+    )
+
+
+def real_log_errors(entry: dict[str, Any]) -> list[Error]:
+    spec, settings = spec_of_log(entry), settings_of_log(entry)
+    legacy = settings.runtime == Runtime.OLLAMA
+    # llama.cpp pipelines micro-batches whenever every layer sits on more than one GPU.
+    pipeline = len(entry["gpus"]) > 1
+    # Blocks left on the host: the first GPU copies their weights in to run their products.
+    host = spec.layer_weight_bytes[0] if entry.get("host_layers") else 0
+    errors = []
+    for i, device in enumerate(entry["devices"]):
+        first, last = device["layers"]
+        estimate = device_footprint(
+            spec,
+            settings,
+            range(first, last + 1),
+            device["holds_output"],
+            legacy_ollama=legacy,
+            pipeline=pipeline,
+            host_weight_bytes=host if i == 0 else 0,
+            holds_projector=bool(device.get("holds_projector")),
+        )
+        logged = device["logged"]
+        pairs = {
+            "kv": (estimate.kv_bytes, logged["kv_mib"]),
+            "compute": (estimate.compute_bytes, logged["compute_mib"]),
+        }
+        if logged.get("model_mib") is not None and entry.get("weights_mib_per_layer"):
+            pairs["weights"] = (estimate.weights_bytes, logged["model_mib"])
+        shown = [(e, m) for e, m in pairs.values() if m is not None]
+        if logged.get("ollama_required_mib"):
+            # Ollama's own full-offload prediction against our whole footprint on that GPU.
+            required = logged["ollama_required_mib"]
+            if not logged.get("ollama_fully_loaded", True):
+                # llm/memory.go: a partial load is summed with the partial-offload graph.
+                required += logged["ollama_graph_full_mib"] - logged["ollama_graph_partial_mib"]
+            pairs["ollama_predicted"] = (estimate.total_bytes, required)
+        else:
+            pairs["footprint"] = (sum(e for e, _ in shown), sum(m for _, m in shown))
+        for component, (est, meas) in pairs.items():
+            if meas:
+                errors.append(
+                    Error(entry["id"], entry["url"], device["name"], component, est / MIB, meas)
+                )
+    return errors
+
+
+def real_logs_report() -> tuple[list[str], list[str]]:
+    import yaml
+
+    logs = yaml.safe_load(REAL_LOGS.read_text())["logs"]
+    errors = [e for entry in logs for e in real_log_errors(entry)]
+    by_id = {entry["id"]: entry for entry in logs}
+    lines = [
+        f"{len(logs)} published logs, {len({(e.model, e.device) for e in errors})} devices "
+        "(bench/real_logs.yaml); error = (estimate - logged) / logged, negative = under:",
+        "",
+        "| log | runtime | GPU | model | ctx | FA | device | est / logged MiB | "
+        "compute | KV | footprint | Ollama predicted |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    failed = []
+    for key in dict.fromkeys((e.model, e.device) for e in errors):
+        mine = {e.component: e for e in errors if (e.model, e.device) == key}
+        entry = by_id[key[0]]
+        s = entry["settings"]
+        shown = mine.get("compute") or mine["ollama_predicted"]
+        cells = [
+            f"{mine[c].relative * 100:+.1f}%" if c in mine else "-"
+            for c in ("compute", "kv", "footprint", "ollama_predicted")
+        ]
+        gpu = entry["gpus"][0] if len(entry["gpus"]) == 1 else f"{len(entry['gpus'])} GPUs"
+        lines.append(
+            f"| [{entry['id']}]({entry['url']}) | {entry['runtime'].split(' (')[0]} | {gpu} | "
+            f"{entry['model']} | {s['ctx']} | {'on' if s['flash_attention'] else 'off'} | "
+            f"{key[1]} | {shown.component}: {shown.estimated_mib:.0f} / {shown.measured_mib:.0f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+        for e in mine.values():
+            if e.relative < -REAL_LOG_UNDER_BOUND:
+                failed.append(f"{e.model} {e.device} {e.component} {e.relative * 100:+.1f}%")
+    under = min(errors, key=lambda e: e.relative)
+    lines += [
+        "",
+        f"largest underestimate: {under.relative * 100:+.2f}% ({under.model} {under.device} "
+        f"{under.component}); bound {REAL_LOG_UNDER_BOUND * 100:g}%",
+        "CI check: " + ("FAILED: " + "; ".join(failed) if failed else "passed"),
+    ]
+    return lines, failed
+
+
+def write_real_logs(lines: list[str]) -> None:
+    text = REPORT.read_text()
+    head, _, rest = text.partition(REAL_LOGS_BEGIN)
+    _, _, tail = rest.partition(REAL_LOGS_END)
+    REPORT.write_text(
+        head + REAL_LOGS_BEGIN + "\n" + "\n".join(lines) + "\n" + REAL_LOGS_END + tail
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--refresh-specs", action="store_true")
+    parser.add_argument("--real-logs", action="store_true")
     args = parser.parse_args()
+    if args.real_logs:
+        real_lines, failed = real_logs_report()
+        print("\n".join(real_lines))
+        if args.write:
+            write_real_logs(real_lines)
+        return 1 if args.check and failed else 0
     measurements = json.loads(MEASUREMENTS.read_text())
     runs = [
         r for r in measurements["runs"] if "error" not in r and r["method"] != "llama-fit-params"

@@ -18,9 +18,9 @@ from provision.desired import DesiredState
 from provision.errors import InputError, ProfileFieldError
 from provision.hardware.rig import Rig, dump_rig
 from provision.models.estimate import Runtime
-from provision.models.refs import resolve
+from provision.models.refs import mmproj_spec, resolve
 from provision.models.spec import ModelSpec
-from provision.placement.decisions import Placement
+from provision.placement.decisions import ModelPlacement, Placement
 from provision.placement.place import place
 from provision.placement.profile import Profile, load_profile
 from provision.render.files import render
@@ -48,7 +48,9 @@ def desired_state(
     profile = load_profile(profile_ref)
     try:
         specs = {
-            entry.ref: _resolve_model(entry.ref, f"models[{i}].ref", environ, root)
+            entry.ref: _with_mmproj(
+                _resolve_model(entry.ref, f"models[{i}].ref", environ, root), entry.mmproj, root
+            )
             for i, entry in enumerate(profile.models)
         }
         placement = place(rig, profile, specs, sysfs_root, ollama_store)
@@ -75,6 +77,15 @@ def _resolve_model(
         raise ProfileFieldError(field, exc.message, exc.hint) from None
 
 
+def _with_mmproj(spec: ModelSpec, mmproj: str | None, root: Path | None) -> ModelSpec:
+    """A model served with `--mmproj FILE`: the projector's size from that file in the target's
+    tree, else the catalog's figure."""
+    if not mmproj:
+        return spec
+    on_target = (root or Path("/")) / mmproj.lstrip("/") if mmproj.startswith("/") else Path(mmproj)
+    return mmproj_spec(spec, str(on_target), mmproj)
+
+
 def _model_file_warnings(placement: Placement, root: Path, must_exist: bool) -> list[str]:
     """llama-server's `-m` file, as its unit's sandbox will see it. The unit runs with
     DynamicUser=yes, which implies PrivateTmp=yes and ProtectHome=read-only (systemd.exec(5),
@@ -84,31 +95,46 @@ def _model_file_warnings(placement: Placement, root: Path, must_exist: bool) -> 
         return []
     warnings = []
     for i, mp in enumerate(placement.models):
-        path = mp.entry.path or (mp.entry.ref if mp.entry.ref.endswith(".gguf") else None)
-        if not mp.placed or path is None or not path.startswith("/"):
+        if not mp.placed:
             continue
-        field = f"models[{i}].path" if mp.entry.path else f"models[{i}].ref"
-        if path.startswith(("/tmp/", "/var/tmp/")):
-            raise ProfileFieldError(
-                field,
-                f"{path} is in a private /tmp for llama-server's unit (DynamicUser=yes "
-                "implies PrivateTmp=yes): the service would not find it",
-                hint="move the file to e.g. /srv/models/ and point the profile there",
-            )
-        problem = _unreadable_by_others(root, path)
-        if problem is None:
-            continue
-        if problem.startswith("not found") and not must_exist:
-            warnings.append(f"{field}: {path} {problem}: llama-server will fail to start there")
-            continue
+        for field, path in _model_files(mp, i):
+            warning = _model_file_warning(field, path, root, must_exist)
+            if warning:
+                warnings.append(warning)
+    return warnings
+
+
+def _model_files(mp: ModelPlacement, i: int) -> list[tuple[str, str]]:
+    """The files llama-server's unit loads for a model: its GGUF and its projector."""
+    path = mp.entry.path or (mp.entry.ref if mp.entry.ref.endswith(".gguf") else None)
+    files = []
+    if path is not None and path.startswith("/"):
+        files.append((f"models[{i}].path" if mp.entry.path else f"models[{i}].ref", path))
+    if mp.entry.mmproj:
+        files.append((f"models[{i}].mmproj", mp.entry.mmproj))
+    return files
+
+
+def _model_file_warning(field: str, path: str, root: Path, must_exist: bool) -> str | None:
+    if path.startswith(("/tmp/", "/var/tmp/")):
         raise ProfileFieldError(
             field,
-            f"{path} {problem}",
-            hint="llama-server runs as a transient user (DynamicUser=yes): the file must be "
-            "readable by others (chmod o+r) in folders they may enter (chmod o+x), e.g. under "
-            "/srv/models",
+            f"{path} is in a private /tmp for llama-server's unit (DynamicUser=yes "
+            "implies PrivateTmp=yes): the service would not find it",
+            hint="move the file to e.g. /srv/models/ and point the profile there",
         )
-    return warnings
+    problem = _unreadable_by_others(root, path)
+    if problem is None:
+        return None
+    if problem.startswith("not found") and not must_exist:
+        return f"{field}: {path} {problem}: llama-server will fail to start there"
+    raise ProfileFieldError(
+        field,
+        f"{path} {problem}",
+        hint="llama-server runs as a transient user (DynamicUser=yes): the file must be "
+        "readable by others (chmod o+r) in folders they may enter (chmod o+x), e.g. under "
+        "/srv/models",
+    )
 
 
 def _unreadable_by_others(root: Path, path: str) -> str | None:

@@ -21,6 +21,7 @@ class TinyShape:
     ctx_train: int = 4096
     sliding_window: int | None = None
     tied: bool = False
+    vision: bool = False  # a vision tower inside the file (v.*, mm.*), as Ollama's gemma3 has
 
 
 def _tensors(shape: TinyShape) -> dict[str, np.ndarray]:
@@ -43,6 +44,10 @@ def _tensors(shape: TinyShape) -> dict[str, np.ndarray]:
     tensors["output_norm.weight"] = np.ones(e, np.float32)
     if not shape.tied:
         tensors["output.weight"] = np.zeros((v, e), np.float16)
+    if shape.vision:
+        tensors["v.patch_embd.weight"] = np.zeros((e, 48), np.float16)
+        tensors["v.blk.0.attn_q.weight"] = np.zeros((e, e), np.float16)
+        tensors["mm.input_projection.weight"] = np.zeros((e, e), np.float16)
     return tensors
 
 

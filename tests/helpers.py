@@ -46,8 +46,11 @@ def run_provision(
     return result
 
 
-def install_in_ollama_store(store: Path, name: str, tag: str, gguf_path: Path) -> None:
-    """Put a GGUF file in an Ollama store as `ollama pull NAME:TAG` would lay it out."""
+def install_in_ollama_store(
+    store: Path, name: str, tag: str, gguf_path: Path, projector_size: int = 0
+) -> None:
+    """Put a GGUF file in an Ollama store as `ollama pull NAME:TAG` would lay it out, with a
+    projector layer of `projector_size` bytes (a llava-style vision model) when given."""
     digest = "sha256:" + "ab" * 32
     blobs = store / "blobs"
     blobs.mkdir(parents=True)
@@ -58,4 +61,12 @@ def install_in_ollama_store(store: Path, name: str, tag: str, gguf_path: Path) -
         {"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:" + "cd" * 32},
         {"mediaType": "application/vnd.ollama.image.model", "digest": digest},
     ]
+    if projector_size:
+        layers.append(
+            {
+                "mediaType": "application/vnd.ollama.image.projector",
+                "digest": "sha256:" + "ef" * 32,
+                "size": projector_size,
+            }
+        )
     manifest.write_text(json.dumps({"schemaVersion": 2, "layers": layers}))

@@ -12,7 +12,7 @@ from tests.helpers import rig_file, run_provision
 RIG_2X3090 = str(rig_file("synthetic-2x3090-x16-x8"))
 GPU_KEYS = {
     "index", "uuid", "layers", "weights_bytes", "kv_bytes", "compute_bytes", "overhead_bytes",
-    "total_bytes", "free_bytes",
+    "total_bytes", "free_bytes", "projector_bytes",
 }  # fmt: skip
 
 
@@ -25,7 +25,14 @@ def test_fit_json_document() -> None:
     for gpu in document["gpus"]:
         assert set(gpu) >= GPU_KEYS
         assert gpu["total_bytes"] == sum(
-            gpu[k] for k in ("weights_bytes", "kv_bytes", "compute_bytes", "overhead_bytes")
+            gpu[k]
+            for k in (
+                "weights_bytes",
+                "kv_bytes",
+                "compute_bytes",
+                "overhead_bytes",
+                "projector_bytes",
+            )
         )
         assert gpu["total_bytes"] <= gpu["free_bytes"]
     assert sum(g["layers"] for g in document["gpus"]) == 80
@@ -114,3 +121,11 @@ def test_fit_runs_a_model_by_the_rules_plan_uses() -> None:
     refused = run_provision("fit", "llama3.1:8b", "--kv-type", "q8_0", "--rig", k80)
     assert refused.returncode == 2
     assert refused.stderr.startswith("error: --kv-type q8_0: q8_0 needs flash attention")
+
+
+def test_a_vision_model_shows_its_projector_on_the_first_gpu() -> None:
+    result = run_provision("fit", "gemma3:27b", "--ctx", "8192", "--rig", RIG_2X3090, "--json")
+    assert result.returncode == 0, result.stderr
+    gpus = json.loads(result.stdout)["gpus"]
+    assert gpus[0]["projector_bytes"] == 858000000 + (1 << 30)
+    assert all(g["projector_bytes"] == 0 for g in gpus[1:])

@@ -187,3 +187,30 @@ def test_llama_servers_model_file_is_checked_as_its_sandbox_sees_it(tmp_path: Pa
                             str(root))  # fmt: skip
     assert refused.returncode == 2
     assert "/srv/models/absent.gguf not found under" in refused.stderr
+
+
+def test_an_mmproj_file_is_loaded_sized_and_checked_in_the_targets_tree(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "srv/models").mkdir(parents=True)
+    for name, size in (("g.gguf", 4), ("mmproj.gguf", 8192)):
+        (root / "srv/models" / name).write_bytes(b"\0" * size)
+        (root / "srv/models" / name).chmod(0o644)
+    profile = tmp_path / "vl.yaml"
+    profile.write_text(
+        "runtime: llama-server\nlisten: {address: 127.0.0.1, port: 8080}\nmodels:\n"
+        "- {ref: gemma3:4b, path: /srv/models/g.gguf, mmproj: /srv/models/mmproj.gguf}\n"
+    )
+    args = ("--rig", RIG_2X3090, "--profile", str(profile), "--root", str(root))
+    result = run_provision("plan", *args, "--json")
+    assert result.returncode == 0, result.stderr
+    (instance,) = json.loads(result.stdout)["instances"]
+    args_of_unit = instance["args"]
+    assert args_of_unit[args_of_unit.index("--mmproj") + 1] == "/srv/models/mmproj.gguf"
+    (root / "srv/models/mmproj.gguf").chmod(0o600)
+    private = run_provision("diff", *args)
+    assert private.returncode == 2
+    assert "field 'models[0].mmproj': /srv/models/mmproj.gguf is not readable" in private.stderr
+    relative = tmp_path / "rel.yaml"
+    relative.write_text("models: [{ref: gemma3:4b, mmproj: sub dir/x.gguf}]\n")
+    spaced = run_provision("plan", "--rig", RIG_2X3090, "--profile", str(relative))
+    assert spaced.returncode == 2 and "models[0].mmproj" in spaced.stderr

@@ -14,6 +14,7 @@ from provision.models.estimate import (
     assign_layers,
     compute_bytes,
     device_footprint,
+    host_weight_bytes,
     kv_bytes,
     kv_cells,
 )
@@ -100,15 +101,47 @@ def test_layer_split_matches_llama_cpp_upper_bound_rule() -> None:
 def test_compute_buffer_follows_the_measured_shape() -> None:
     # 4 activations of width n_embd, 3 of the FFN width, and the f16 mask over the cells: for
     # llama3.1:8b at 2048 cells, 118.0 MiB as llama.cpp reported it (bench/ACCURACY.md).
+    # The measured build caps the reserved logits at the server's slots (logits_all=False).
     spec = _spec("llama3.1:8b")
-    single = compute_bytes(spec, RunSettings(ctx_tokens=2048), holds_output=True)
+    settings = RunSettings(ctx_tokens=2048, logits_all=False)
+    single = compute_bytes(spec, settings, holds_output=True)
     assert single == 512 * 4 * (4 * 4096 + 3 * 14336) + 512 * 2 * 2048
     assert round(single / 2**20, 1) == 118.0
 
 
-def test_pipelined_devices_hold_four_masks_and_input_copies() -> None:
+def test_output_head_peaks_at_the_logits_of_every_micro_batch_token() -> None:
+    # Builds that reserve a logits row per micro-batch token (every llama.cpp before PR #23861,
+    # Ollama's vendored one): the output device peaks at 512 x (vocab + n_embd) f32, 258.5 MiB
+    # for a 128k vocabulary. Real CUDA loads match it to 0.01 MiB (bench/real_logs.yaml).
     spec = _spec("llama3.1:8b")
     settings = RunSettings(ctx_tokens=2048)
+    assert compute_bytes(spec, settings, holds_output=True) == 512 * 4 * (128256 + 4096)
+    # A device without the output head keeps the layers' shape.
+    assert (
+        compute_bytes(spec, settings, holds_output=False)
+        == 512 * 4 * (4 * 4096 + 3 * 14336) + 512 * 2 * 2048
+    )
+
+
+def test_partial_offload_counts_a_host_block_on_the_first_gpu() -> None:
+    spec = _spec("llama3.1:8b")
+    settings = RunSettings(ctx_tokens=2048)
+    layers, output = assign_layers(spec.n_layer, [1.0], n_gpu_layers=17)
+    host = host_weight_bytes(spec, layers, output)
+    assert host == max(spec.layer_weight_bytes[:16])
+    plain = device_footprint(spec, settings, layers[0], output == 0)
+    offload = device_footprint(spec, settings, layers[0], output == 0, host_weight_bytes=host)
+    assert offload.compute_bytes - plain.compute_bytes == host
+    # The output head left on the host is the largest weight copied in.
+    layers, output = assign_layers(spec.n_layer, [1.0], n_gpu_layers=0)
+    assert host_weight_bytes(spec, layers, output) == max(
+        spec.output_bytes, *spec.layer_weight_bytes
+    )
+
+
+def test_pipelined_devices_hold_four_masks_and_input_copies() -> None:
+    spec = _spec("llama3.1:8b")
+    settings = RunSettings(ctx_tokens=2048, logits_all=False)
     single = compute_bytes(spec, settings, holds_output=True)
     mask = 512 * 2 * 2048
     unit = 512 * 4 * 4096
@@ -158,3 +191,17 @@ def test_device_footprint_sums_its_layers() -> None:
     )
     idle = device_footprint(spec, settings, [], holds_output=False)
     assert idle.total_bytes == 0
+
+
+def test_projector_weights_and_graph_sit_on_the_first_gpu_only() -> None:
+    spec = _spec("gemma3:12b")
+    assert spec.multimodal and spec.projector_graph_bytes == 1 << 30
+    settings = RunSettings(ctx_tokens=8192)
+    first = device_footprint(spec, settings, range(24), False, holds_projector=True)
+    second = device_footprint(spec, settings, range(24, 48), True)
+    assert first.projector_bytes == spec.projector_bytes + spec.projector_graph_bytes
+    assert second.projector_bytes == 0
+    assert (
+        first.total_bytes - first.projector_bytes
+        == device_footprint(spec, settings, range(24), False).total_bytes
+    )

@@ -151,6 +151,33 @@ def test_q8_kv_suggestion_is_checked() -> None:
     assert any(("a q8_0 KV cache fits" in s) == q8_fits for s in result.suggestions)
 
 
+def test_a_q4_0_kv_cache_is_tried_when_q8_0_is_not_enough() -> None:
+    rig = load_named_rig("synthetic-2x3090-x16-x8")
+    spec = _spec("llama3.3:70b")
+    for ctx in range(32768, 131073, 4096):
+        settings = RunSettings(ctx_tokens=ctx)
+        q8 = replace(settings, kv_type=KvType.Q8_0)
+        q4 = replace(settings, kv_type=KvType.Q4_0)
+        if not fits_entirely(rig, spec, q8, False) and fits_entirely(rig, spec, q4, False):
+            break
+    else:
+        pytest.fail("no context where only a q4_0 cache fits")
+    suggestions = fit_model(rig, spec, settings).suggestions
+    assert "a q4_0 KV cache fits (needs flash attention, which it turns on)" in suggestions
+    # From a q8_0 cache, q4_0 is the one smaller cache left to try.
+    assert any("q4_0 KV cache fits" in s for s in fit_model(rig, spec, q8).suggestions)
+
+
+def test_suggestions_never_go_above_the_trained_context() -> None:
+    rig = load_named_rig("synthetic-2x3090-x16-x8")
+    spec = _spec("qwen2.5:72b")  # trained on 32768 tokens
+    assert spec.ctx_train == 32768
+    result = fit_model(rig, spec, RunSettings(ctx_tokens=131072))
+    contexts = [int(s.split()[1]) for s in result.suggestions if s.startswith("context ")]
+    assert contexts and all(c <= 32768 for c in contexts)
+    assert "(asked for 32768)" in result.suggestions[0]
+
+
 def test_k80_rig_is_placed_with_the_kepler_correction() -> None:
     rig = load_named_rig("synthetic-2xk80")
     result = fit_model(rig, _spec("qwen2.5:32b"), CTX_8K)

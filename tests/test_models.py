@@ -95,6 +95,26 @@ def test_truncated_gguf_is_bad_input(tmp_path: Path) -> None:
         spec_from_gguf(path)
 
 
+def test_ollama_projector_layer_is_the_models_projector(tmp_path: Path) -> None:
+    # llava-style models ship the vision tower as its own manifest layer (the --mmproj file).
+    store = tmp_path / "models"
+    gguf = write_tiny_gguf(tmp_path / "t.gguf")
+    install_in_ollama_store(store, "tinyvl", "latest", gguf, projector_size=624 * 10**6)
+    spec = resolve("tinyvl", {"OLLAMA_MODELS": str(store)})
+    assert spec.multimodal and spec.projector_bytes == 624 * 10**6
+    assert spec.projector_graph_bytes == 1 << 30  # Ollama's headroom when nothing says more
+
+
+def test_vision_tensors_inside_the_model_file_are_the_projector(tmp_path: Path) -> None:
+    plain = spec_from_gguf(write_tiny_gguf(tmp_path / "plain.gguf"))
+    spec = spec_from_gguf(write_tiny_gguf(tmp_path / "vl.gguf", TinyShape(vision=True)))
+    e = TinyShape().n_embd
+    assert spec.projector_bytes == 2 * (e * 48 + 2 * e * e)
+    # Not counted as the output head (which would put it on the last GPU instead).
+    assert spec.output_bytes == plain.output_bytes
+    assert not plain.multimodal
+
+
 def test_installed_ollama_model_resolves_through_the_store(tmp_path: Path) -> None:
     store = tmp_path / "models"
     install_in_ollama_store(store, "tiny", "latest", write_tiny_gguf(tmp_path / "t.gguf"))

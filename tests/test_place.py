@@ -320,7 +320,7 @@ def test_older_ollama_puts_a_model_on_the_most_free_gpu_and_the_bars_show_it() -
     bars = placement_text(plan, desired).split("memory per GPU:")[1]
     assert "where Ollama will put them, not the plan" in bars
     gpu1 = next(line for line in bars.splitlines() if "GPU 1" in line)
-    assert "20.8 GiB" in gpu1  # the 32B, drawn where Ollama puts it
+    assert "20.9 GiB" in gpu1  # the 32B, drawn where Ollama puts it (its logits peak included)
     plain = placement_to_plain(plan, desired)["models"]
     assert plain[0]["ollama_gpus"] == [1] and plain[0]["ollama_layers_per_gpu"] == [64]
     assert plain[0]["gpus"] == [0]  # the plan's own placement is still reported
@@ -456,3 +456,46 @@ def test_a_mig_enabled_gpu_is_refused_with_the_fix(tmp_path: Path) -> None:
     profile = load_profile(_profile(tmp_path, pinned))
     plan = place(mixed, profile, {m.ref: resolve(m.ref, os.environ) for m in profile.models})
     assert [i.gpu_uuids for i in plan.instances] == [(rig.gpus[0].uuid,)]
+
+
+def test_a_vision_model_counts_its_projector_and_pads_the_fit_target(tmp_path: Path) -> None:
+    # Our unit sets LLAMA_ARG_FIT_TARGET, so Ollama (>= 0.31.2) keeps it without adding its
+    # projector pad (llm/llama_server.go extraEnvsForStart): the margin carries it.
+    ref = _profile(tmp_path, "models: [{ref: gemma3:12b, ctx: 8192}]\n")
+    plan = _place("synthetic-2060-3090", ref)  # Ollama 0.30.x: the fit variables are rendered
+    (model,) = plan.models
+    first = model.fit.shares[0].footprint
+    assert first.projector_bytes == model.spec.projector_bytes + (1 << 30)
+    pad = -(-(model.spec.projector_bytes + (1 << 30)) // 2**20)
+    assert _env(plan)["LLAMA_ARG_FIT_TARGET"] == str(512 + pad)
+    text = "models: [{ref: qwen2.5:32b, ctx: 32768}]\n"
+    assert (
+        _env(_place("synthetic-2060-3090", _profile(tmp_path, text)))["LLAMA_ARG_FIT_TARGET"]
+        == "512"
+    )
+
+
+def test_llama_server_loads_the_mmproj_file_it_was_given(tmp_path: Path) -> None:
+    mmproj = tmp_path / "mmproj-f16.gguf"
+    mmproj.write_bytes(b"\0" * 4096)
+    text = (
+        "runtime: llama-server\nmodels:\n"
+        f"  - {{ref: gemma3:4b, ctx: 4096, path: /srv/g.gguf, mmproj: {mmproj}}}\n"
+    )
+    profile = load_profile(_profile(tmp_path, text))
+    from provision.models.refs import mmproj_spec
+
+    specs = {m.ref: mmproj_spec(resolve(m.ref, os.environ), str(m.mmproj)) for m in profile.models}
+    plan = place(load_named_rig("synthetic-1x4090"), profile, specs)
+    args = list(plan.instances[0].args)
+    assert args[args.index("--mmproj") + 1] == str(mmproj)
+    # The file here says how large the projector is.
+    assert plan.models[0].spec.projector_bytes == 4096
+
+
+def test_an_unmodelled_architecture_is_named_in_the_plan(tmp_path: Path) -> None:
+    ref = _profile(tmp_path, "models: [{ref: llama4:16x17b, ctx: 8192}]\n")
+    plan = _place("synthetic-8xa100-nvlink", ref)
+    assert any("architecture 'llama4' is not modelled" in w for w in plan.warnings)
+    plain = _place("synthetic-8xa100-nvlink", _profile(tmp_path, "models: [{ref: qwen3:14b}]\n"))
+    assert not any("not modelled" in w for w in plain.warnings)

@@ -150,6 +150,7 @@ def fit_to_plain(result: FitResult) -> dict[str, Any]:
             "kv_bytes": s.footprint.kv_bytes,
             "compute_bytes": s.footprint.compute_bytes,
             "overhead_bytes": s.footprint.overhead_bytes,
+            "projector_bytes": s.footprint.projector_bytes,
             "total_bytes": s.footprint.total_bytes,
             "free_bytes": s.free_bytes,
         }
@@ -162,6 +163,7 @@ def fit_to_plain(result: FitResult) -> dict[str, Any]:
             "kv_bytes",
             "compute_bytes",
             "overhead_bytes",
+            "projector_bytes",
             "total_bytes",
             "free_bytes",
         )
@@ -203,14 +205,17 @@ def fit_text(result: FitResult) -> str:
     for share in result.shares:
         f = share.footprint
         bar = memory_bar(
-            (f.weights_bytes, f.kv_bytes, f.compute_bytes, f.overhead_bytes), share.free_bytes
+            (f.weights_bytes + f.projector_bytes, f.kv_bytes, f.compute_bytes, f.overhead_bytes),
+            share.free_bytes,
         )
         layers = f"{len(f.layers)} layers" + (" + output" if f.holds_output else "")
         lines.append(
             f"  GPU {share.gpu.index} {short_name(share.gpu):<14} {bar} "
             f"{gib(f.total_bytes)} / {gib(share.free_bytes)}  ({layers}: weights "
             f"{gib(f.weights_bytes)}, KV {gib(f.kv_bytes)}, compute {gib(f.compute_bytes)}, "
-            f"overhead {gib(f.overhead_bytes)})"
+            f"overhead {gib(f.overhead_bytes)}"
+            + (f", vision projector {gib(f.projector_bytes)}" if f.projector_bytes else "")
+            + ")"
         )
     if result.cpu_layers:
         lines.append(f"  CPU: {len(result.cpu_layers)} layers, {gib(result.cpu_bytes)}")
@@ -306,7 +311,12 @@ def _gpu_bars(placement: Placement) -> list[str]:
             targets = [index_by_uuid[i.gpu_uuids[0]] for i in replicas] or [share.gpu.index]
             for index in targets:
                 for k, value in enumerate(
-                    (f.weights_bytes, f.kv_bytes, f.compute_bytes, f.overhead_bytes)
+                    (
+                        f.weights_bytes + f.projector_bytes,
+                        f.kv_bytes,
+                        f.compute_bytes,
+                        f.overhead_bytes,
+                    )
                 ):
                     totals[index][k] += value
     lines = [f"  {BAR_LEGEND}"]

@@ -15,7 +15,13 @@ from typing import Any
 import yaml
 
 from provision.assets import data_file
-from provision.models.spec import KNOWN_KV_ARCHS, SWA_PATTERN_BY_ARCH, ModelSpec, swa_layers
+from provision.models.spec import (
+    DEFAULT_PROJECTOR_GRAPH_BYTES,
+    KNOWN_KV_ARCHS,
+    SWA_PATTERN_BY_ARCH,
+    ModelSpec,
+    swa_layers,
+)
 
 # Bits per weight of (token_embd, output.weight) in llama.cpp's quant mixes (llama-quant.cpp):
 # Q4_K_M keeps the output head at Q6_K; Q8_0 and F16 are uniform.
@@ -193,4 +199,13 @@ def spec_from_entry(name: str, entry: dict[str, Any], quant: str) -> ModelSpec:
         output_bytes=output_bytes,
         file_bytes=file_bytes,
         kv_known=entry["architecture"] in KNOWN_KV_ARCHS,
+        projector_bytes=int(entry.get("projector_bytes") or 0),
+        projector_graph_bytes=_projector_graph_bytes(entry),
     )
+
+
+def _projector_graph_bytes(entry: dict[str, Any]) -> int:
+    """The projector's compute graph as the catalog records it, else Ollama's 1 GiB headroom."""
+    if not entry.get("projector_bytes"):
+        return 0
+    return int(entry.get("projector_graph_bytes") or DEFAULT_PROJECTOR_GRAPH_BYTES)

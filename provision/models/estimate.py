@@ -60,6 +60,11 @@ class RunSettings:
     ubatch: int = 512
     # llama-server as we render it: one KV pool shared by all slots.
     kv_unified: bool = True
+    # The worst-case graph is reserved with a logits row for every token of the micro-batch
+    # (llama-context.cpp sched_reserve: graph_reserve(n_tokens, n_seqs, n_tokens)). llama.cpp
+    # after PR #23861 (2026-05) lets llama-server cap that at its slots (n_outputs_max); every
+    # older build, and Ollama's vendored one, reserves them all. Unknown build: assume all.
+    logits_all: bool = True
 
     def __post_init__(self) -> None:
         if self.ctx_tokens <= 0:
@@ -80,10 +85,18 @@ class DeviceFootprint:
     kv_bytes: int
     compute_bytes: int
     overhead_bytes: int
+    # The vision tower/projector weights and its compute graph (the first GPU only).
+    projector_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.overhead_bytes
+        return (
+            self.weights_bytes
+            + self.kv_bytes
+            + self.compute_bytes
+            + self.overhead_bytes
+            + self.projector_bytes
+        )
 
 
 def _pad(value: int, multiple: int) -> int:
@@ -148,6 +161,7 @@ def compute_bytes(
     holds_output: bool,
     compute_capability: tuple[int, int] | None = None,
     pipeline: bool = False,
+    host_weight_bytes: int = 0,
 ) -> int:
     """The compute buffer llama.cpp reserves on a device that runs layers.
 
@@ -157,7 +171,15 @@ def compute_bytes(
     With several devices and every layer offloaded, llama.cpp pipelines micro-batches (4 graph
     copies): each device then holds 4 masks and extra input copies, 12 n_embd-wide ones where
     the output head is not and 3 where it is. Without flash attention the f32 attention scores
-    (micro-batch x cells x heads) come on top; that case is not calibrated.
+    (micro-batch x cells x heads) come on top (an upper bound: real CUDA loads without flash
+    attention stay under it, bench/ACCURACY.md). On the device holding the output head, a
+    build that reserves logits for every micro-batch token (`logits_all`) peaks at those
+    logits instead where they are larger, as they are for every 128k-250k vocabulary.
+
+    `host_weight_bytes`: with layers left in host memory, ggml's scheduler runs their matrix
+    products on the first GPU for prompt-sized batches and copies their weights into its
+    compute buffer to do so (ggml-backend.cpp ggml_backend_sched_backend_id_from_cur, the
+    op_offload loop takes the first backend that accepts); counted on top, an upper bound.
     """
     ubatch = min(settings.ubatch, settings.batch)
     cells = kv_cells(spec, settings)
@@ -173,9 +195,14 @@ def compute_bytes(
         total += mask
     if not settings.flash_attention:
         total += ubatch * cells.full_per_stream * spec.n_head * 4
+    if holds_output and settings.logits_all:
+        # The output head's peak: the f32 logits of every micro-batch token and the normed
+        # input they are computed from, live together after the layers' tensors are freed
+        # (real CUDA loads match this to 0.01 MiB: bench/real_logs.yaml).
+        total = max(total, ubatch * 4 * (spec.n_vocab + spec.n_embd))
     if compute_capability is not None and compute_capability < (5, 0):
         total = int(total * KEPLER_COMPUTE_FACTOR)
-    return total
+    return total + host_weight_bytes
 
 
 def device_overhead_bytes(
@@ -225,6 +252,16 @@ def assign_layers(
     return layers, device_of(n_layer)
 
 
+def host_weight_bytes(
+    spec: ModelSpec, device_layers: Sequence[Sequence[int]], output_device: int | None
+) -> int:
+    """The largest weights left in host memory that the first GPU copies in to run them: one
+    host block (its matrices run one block at a time), or the output head when it stayed."""
+    on_gpu = {il for layers in device_layers for il in layers}
+    host = [spec.layer_weight_bytes[il] for il in range(spec.n_layer) if il not in on_gpu]
+    return max([*host, spec.output_bytes if output_device is None else 0, 0])
+
+
 def device_footprint(
     spec: ModelSpec,
     settings: RunSettings,
@@ -234,7 +271,13 @@ def device_footprint(
     legacy_ollama: bool = False,
     pipeline: bool = False,
     rocm: bool = False,
+    host_weight_bytes: int = 0,
+    holds_projector: bool = False,
 ) -> DeviceFootprint:
+    """`holds_projector`: this is the first GPU of a multimodal model. llama.cpp's mtmd loads
+    the projector on the first GPU backend (tools/mtmd/clip.cpp, the clip_ctx constructor:
+    ggml_backend_init_by_type(GPU)), and Ollama's <= 0.12 estimator charges it to the first
+    GPU (llm/memory.go estimateGPULayers, gpuZeroOverhead)."""
     weights = sum(spec.layer_weight_bytes[il] for il in layers)
     if holds_output:
         weights += spec.output_bytes
@@ -245,11 +288,19 @@ def device_footprint(
         weights_bytes=weights,
         kv_bytes=kv_bytes(spec, settings, layers),
         compute_bytes=(
-            compute_bytes(spec, settings, holds_output, compute_capability, pipeline)
+            compute_bytes(
+                spec, settings, holds_output, compute_capability, pipeline, host_weight_bytes
+            )
             if runs_something
             else 0
         ),
         overhead_bytes=(
             device_overhead_bytes(settings, legacy_ollama, rocm) if runs_something else 0
         ),
+        projector_bytes=projector_footprint_bytes(spec) if holds_projector else 0,
     )
+
+
+def projector_footprint_bytes(spec: ModelSpec) -> int:
+    """The projector's weights and compute graph, where the model has one."""
+    return spec.projector_bytes + spec.projector_graph_bytes if spec.multimodal else 0

@@ -24,10 +24,19 @@ from provision.documents import exists
 from provision.errors import InputError
 from provision.models import catalog
 from provision.models.gguf_header import HeaderError, check_header
-from provision.models.spec import KNOWN_KV_ARCHS, SWA_PATTERN_BY_ARCH, ModelSpec, swa_layers
+from provision.models.spec import (
+    DEFAULT_PROJECTOR_GRAPH_BYTES,
+    KNOWN_KV_ARCHS,
+    PROJECTOR_TENSOR_PREFIXES,
+    SWA_PATTERN_BY_ARCH,
+    ModelSpec,
+    swa_layers,
+)
 from provision.paths import OLLAMA_MODELS_DIR
 
 OLLAMA_MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
+# A vision model's projector (clip/mmproj GGUF) is its own layer in an Ollama manifest.
+OLLAMA_PROJECTOR_MEDIA_TYPE = "application/vnd.ollama.image.projector"
 DEFAULT_OLLAMA_MODELS = Path(OLLAMA_MODELS_DIR)
 _SPLIT_NAME = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
 _LAYER = re.compile(r"^blk\.([0-9]{1,9})\.")
@@ -164,14 +173,19 @@ def _swa_layers(meta: _Metadata, n_layer: int, window: int | None) -> tuple[bool
     return swa_layers(n_layer, bool(window), period)
 
 
-def _tensor_bytes(readers: list[Any], n_layer: int, path: Path) -> tuple[list[int], int, int, bool]:
+def _tensor_bytes(
+    readers: list[Any], n_layer: int, path: Path
+) -> tuple[list[int], int, int, bool, int]:
     layers = [0] * n_layer
-    input_bytes = output_bytes = 0
+    input_bytes = output_bytes = projector_bytes = 0
     has_output = False
     for reader in readers:
         for tensor in reader.tensors:
             name, size = tensor.name, int(tensor.n_bytes)
-            if name.startswith("blk."):
+            if name.startswith(PROJECTOR_TENSOR_PREFIXES):
+                # A vision/audio tower inside the model file (Ollama's gemma3, mistral3 blobs).
+                projector_bytes += size
+            elif name.startswith("blk."):
                 layer = _layer_of(name, path)
                 if layer < n_layer:
                     layers[layer] += size
@@ -180,7 +194,7 @@ def _tensor_bytes(readers: list[Any], n_layer: int, path: Path) -> tuple[list[in
             else:  # output.weight, output_norm.*, rope_freqs and other whole-model tensors
                 output_bytes += size
                 has_output = has_output or name == "output.weight"
-    return layers, input_bytes, output_bytes, has_output
+    return layers, input_bytes, output_bytes, has_output, projector_bytes
 
 
 def _layer_of(name: str, path: Path) -> int:
@@ -203,7 +217,7 @@ def spec_from_gguf(path: Path) -> ModelSpec:
     n_head_kv = meta.int_or_none("attention.head_count_kv") or n_head
     head_dim = n_embd // n_head if n_head else 0
     window = meta.int_or_none("attention.sliding_window")
-    layers, input_bytes, output_bytes, has_output = _tensor_bytes(readers, n_layer, path)
+    layers, input_bytes, output_bytes, has_output, projector = _tensor_bytes(readers, n_layer, path)
     if not has_output:
         # Tied embeddings: llama.cpp loads token_embd a second time as the output head.
         output_bytes += input_bytes
@@ -234,6 +248,35 @@ def spec_from_gguf(path: Path) -> ModelSpec:
         output_bytes=output_bytes,
         file_bytes=sum(p.stat().st_size for p in shards),
         kv_known=meta.arch in KNOWN_KV_ARCHS and n_head_kv > 0,
+        projector_bytes=projector,
+        projector_graph_bytes=DEFAULT_PROJECTOR_GRAPH_BYTES if projector else 0,
+    )
+
+
+def with_projector(
+    spec: ModelSpec, projector_bytes: int, graph_bytes: int | None = None
+) -> ModelSpec:
+    """The spec with a separate projector file (an mmproj GGUF, Ollama's projector layer)."""
+    if projector_bytes <= 0:
+        return spec
+    graph = graph_bytes or spec.projector_graph_bytes or DEFAULT_PROJECTOR_GRAPH_BYTES
+    return replace(spec, projector_bytes=projector_bytes, projector_graph_bytes=graph)
+
+
+def mmproj_spec(spec: ModelSpec, path: str, shown: str | None = None) -> ModelSpec:
+    """A model served with `--mmproj FILE`: the file's size where it is readable here (`path`,
+    in the target's tree), else what the catalog records for the model. `shown`: the path as
+    the profile gives it."""
+    file = Path(path)
+    if file.is_file():
+        return with_projector(spec, file.stat().st_size)
+    if spec.multimodal:
+        return spec
+    raise InputError(
+        f"mmproj: {shown or path} is not a readable file here, and {spec.name} has no projector "
+        "size in the catalog",
+        hint="plan on the host that has the mmproj file (or with --root at its tree), or "
+        "remove `mmproj:`",
     )
 
 
@@ -273,17 +316,15 @@ def ollama_manifest_path(models_dir: Path, name: str) -> Path:
 
 def ollama_blob(models_dir: Path, name: str) -> Path | None:
     """The model blob of an installed Ollama model, or None when it is not installed."""
-    manifest_path = ollama_manifest_path(models_dir, name)
-    if not (exists(manifest_path) and manifest_path.is_file()):
+    layers = _ollama_layers(models_dir, name)
+    if layers is None:
         return None
+    manifest_path = ollama_manifest_path(models_dir, name)
     try:
-        manifest = json.loads(manifest_path.read_text())
         digest = next(
-            layer["digest"]
-            for layer in manifest["layers"]
-            if layer.get("mediaType") == OLLAMA_MODEL_MEDIA_TYPE
+            layer["digest"] for layer in layers if layer.get("mediaType") == OLLAMA_MODEL_MEDIA_TYPE
         )
-    except (ValueError, KeyError, StopIteration, TypeError):
+    except (KeyError, StopIteration, TypeError, AttributeError):  # a layer that is no object
         raise InputError(
             f"{manifest_path}: Ollama manifest has no model layer",
             hint=f"re-pull the model: ollama pull {name}",
@@ -294,6 +335,33 @@ def ollama_blob(models_dir: Path, name: str) -> Path | None:
             f"{name}: Ollama blob {blob} is missing", hint=f"re-pull the model: ollama pull {name}"
         )
     return blob
+
+
+def _ollama_layers(models_dir: Path, name: str) -> list[Any] | None:
+    manifest_path = ollama_manifest_path(models_dir, name)
+    if not (exists(manifest_path) and manifest_path.is_file()):
+        return None
+    try:
+        layers = json.loads(manifest_path.read_text())["layers"]
+    except (ValueError, KeyError, TypeError):
+        layers = None
+    if not isinstance(layers, list):
+        raise InputError(
+            f"{manifest_path}: Ollama manifest has no model layer",
+            hint=f"re-pull the model: ollama pull {name}",
+        )
+    return layers
+
+
+def ollama_projector_bytes(models_dir: Path, name: str) -> int:
+    """The size of an installed model's projector layer (0 when it has none): what llama-server
+    loads as --mmproj, as the manifest records it."""
+    layers = _ollama_layers(models_dir, name) or []
+    return sum(
+        int(layer.get("size") or 0)
+        for layer in layers
+        if isinstance(layer, dict) and layer.get("mediaType") == OLLAMA_PROJECTOR_MEDIA_TYPE
+    )
 
 
 def installed_ollama_names(models_dir: Path) -> list[str]:
@@ -318,6 +386,7 @@ def resolve(ref: str, environ: Mapping[str, str], root: Path | None = None) -> M
     blob = ollama_blob(models_dir, ref)
     if blob is not None:
         spec = spec_from_gguf(blob)
+        spec = with_projector(spec, ollama_projector_bytes(models_dir, ref))
         return _renamed(spec, ref, "ollama")
     entry = catalog.lookup(ref)
     if entry is not None:

@@ -19,6 +19,10 @@ KNOWN_KV_ARCHS = frozenset(
         "qwen3",
         "qwen3moe",
         "qwen2moe",
+        # Qwen2.5-VL's text decoder (Ollama writes qwen25vl, llama.cpp qwen2vl): a plain GQA
+        # cache; M-RoPE changes positions, not the cache.
+        "qwen25vl",
+        "qwen2vl",
         "gemma",
         "gemma2",
         "gemma3",
@@ -61,6 +65,11 @@ class ModelSpec:
     output_bytes: int  # output head + final norm: on the last offloaded device
     file_bytes: int
     kv_known: bool  # False for an architecture whose cache layout we do not model
+    # A multimodal model's vision tower and projector (an mmproj file, Ollama's projector
+    # layer, or v./mm./a. tensors inside the model file), and the compute graph it reserves
+    # for the largest image: both on the first GPU the model runs on.
+    projector_bytes: int = 0
+    projector_graph_bytes: int = 0
 
     @property
     def n_embd_k_gqa(self) -> int:
@@ -71,8 +80,21 @@ class ModelSpec:
         return self.value_length * self.n_head_kv
 
     @property
+    def multimodal(self) -> bool:
+        return self.projector_bytes > 0
+
+    @property
     def weight_bytes(self) -> int:
         return sum(self.layer_weight_bytes) + self.input_bytes + self.output_bytes
+
+
+# What a projector's compute graph is taken to need when nothing better is known: Ollama leaves
+# 1 GiB "for backend buffers beyond projector weights" (llm/llama_server.go,
+# mmprojOffloadHeadroom); its <= 0.12 estimator logged projector.graph="1.0 GiB" for gemma3.
+DEFAULT_PROJECTOR_GRAPH_BYTES = 1 << 30
+# Tensor name prefixes of a vision/audio tower kept inside the model file (Ollama's
+# mmprojMemoryRequirement counts the same ones).
+PROJECTOR_TENSOR_PREFIXES = ("v.", "mm.", "a.")
 
 
 def swa_layers(n_layer: int, has_window: bool, period: int) -> tuple[bool, ...]:

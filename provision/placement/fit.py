@@ -24,7 +24,9 @@ from provision.models.estimate import (
     compute_bytes,
     device_footprint,
     device_overhead_bytes,
+    host_weight_bytes,
     kv_bytes,
+    projector_footprint_bytes,
 )
 from provision.models.spec import ModelSpec
 from provision.units import MIB, gib
@@ -101,7 +103,13 @@ class _Fitter:
         self.rig, self.spec, self.settings, self.legacy = rig, spec, settings, legacy
 
     def share(
-        self, gpu: Gpu, layers: Sequence[int], holds_output: bool, pipeline: bool = False
+        self,
+        gpu: Gpu,
+        layers: Sequence[int],
+        holds_output: bool,
+        pipeline: bool = False,
+        host_bytes: int = 0,
+        first: bool = True,
     ) -> GpuShare:
         footprint = device_footprint(
             self.spec,
@@ -112,16 +120,21 @@ class _Fitter:
             self.legacy,
             pipeline,
             rocm=gpu.vendor == Vendor.AMD,
+            host_weight_bytes=host_bytes,
+            holds_projector=first,
         )
         return GpuShare(gpu, usable_free_bytes(gpu), footprint)
 
     def single(self, gpu: Gpu) -> GpuShare:
         return self.share(gpu, range(self.spec.n_layer), True)
 
-    def layer_capacity(self, gpu: Gpu, holds_output: bool, pipeline: bool) -> float:
+    def layer_capacity(
+        self, gpu: Gpu, holds_output: bool, pipeline: bool, first: bool = False
+    ) -> float:
         """Bytes left for layers (weights + KV) once the fixed costs are paid."""
         cc = gpu.compute_capability_tuple
         fixed = compute_bytes(self.spec, self.settings, holds_output, cc, pipeline)
+        fixed += projector_footprint_bytes(self.spec) if first else 0
         fixed += device_overhead_bytes(self.settings, self.legacy, gpu.vendor == Vendor.AMD)
         fixed += self.spec.output_bytes if holds_output else 0
         return max(usable_free_bytes(gpu) - fixed, 0)
@@ -130,7 +143,8 @@ class _Fitter:
         """Layers over `gpus` in order, proportional to room for layers, then rebalanced."""
         pipeline = _pipelined(gpus, n_gpu_layers)
         proportions = [
-            self.layer_capacity(g, i == len(gpus) - 1, pipeline) + 1.0 for i, g in enumerate(gpus)
+            self.layer_capacity(g, i == len(gpus) - 1, pipeline, i == 0) + 1.0
+            for i, g in enumerate(gpus)
         ]
         shares = self.assign(gpus, proportions, n_gpu_layers)
         for _ in range(_REBALANCE_STEPS):
@@ -147,7 +161,12 @@ class _Fitter:
     ) -> list[GpuShare]:
         layers, output_device = assign_layers(self.spec.n_layer, proportions, n_gpu_layers)
         pipeline = _pipelined(gpus, n_gpu_layers)
-        return [self.share(g, layers[i], output_device == i, pipeline) for i, g in enumerate(gpus)]
+        # Partial offload: the first GPU also runs the host blocks' matrix products.
+        host = host_weight_bytes(self.spec, layers, output_device) if n_gpu_layers else 0
+        return [
+            self.share(g, layers[i], output_device == i, pipeline, host if i == 0 else 0, i == 0)
+            for i, g in enumerate(gpus)
+        ]
 
 
 def _pipelined(gpus: Sequence[Gpu], n_gpu_layers: int | None) -> bool:
@@ -335,23 +354,33 @@ def largest_fitting_context(
 
 
 def suggest(rig: Rig, spec: ModelSpec, settings: RunSettings, legacy: bool) -> list[str]:
-    """What would fit entirely on GPUs: a shorter context, a q8_0 KV cache, a smaller quant."""
+    """What would fit entirely on GPUs: a shorter context, a q8_0 or q4_0 KV cache, a smaller
+    quant. Never a context above the model's trained length."""
     found: list[str] = []
+    if spec.ctx_train and settings.ctx_tokens > spec.ctx_train:
+        settings = replace(settings, ctx_tokens=spec.ctx_train)
     ctx = largest_fitting_context(rig, spec, settings, legacy)
     if ctx is not None:
         found.append(f"context {ctx} tokens fits (asked for {settings.ctx_tokens})")
     else:
         found.append("no context length fits: the weights alone are too large")
-    if settings.kv_type == KvType.F16:
-        q8 = replace(settings, kv_type=KvType.Q8_0, flash_attention=True)
-        if fits_entirely(rig, spec, q8, legacy):
-            found.append("a q8_0 KV cache fits (needs flash attention, which it turns on)")
-        else:
-            found.append("a q8_0 KV cache is not enough on its own")
+    found += _kv_suggestions(rig, spec, settings, legacy)
     smaller = _largest_fitting_quant(rig, spec, settings, legacy)
     if smaller:
         found.append(smaller)
     return found
+
+
+def _kv_suggestions(rig: Rig, spec: ModelSpec, settings: RunSettings, legacy: bool) -> list[str]:
+    """The smaller KV caches, larger first: the first that fits, or that none does."""
+    now = settings.kv_type.bytes_per_element
+    smaller = [k for k in (KvType.Q8_0, KvType.Q4_0) if k.bytes_per_element < now]
+    for kv in smaller:
+        if fits_entirely(rig, spec, replace(settings, kv_type=kv, flash_attention=True), legacy):
+            return [f"a {kv} KV cache fits (needs flash attention, which it turns on)"]
+    return (
+        [f"a {' or '.join(map(str, smaller))} KV cache is not enough on its own"] if smaller else []
+    )
 
 
 def _largest_fitting_quant(

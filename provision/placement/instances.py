@@ -25,6 +25,8 @@ FIT_TARGET_MIB = SAFETY_MARGIN_BYTES // MIB
 # its port depends on nothing but its name, so adding, removing or reordering other models never
 # moves it. Two models on one port are refused rather than moved.
 LLAMA_SERVER_PORT_SPAN = 1000
+# Ollama's headroom for a projector's buffers beyond its weights (llm/llama_server.go).
+MMPROJ_OFFLOAD_HEADROOM_BYTES = 1 << 30
 
 
 @dataclass
@@ -145,7 +147,7 @@ def _ollama_single(
         env.append(("OLLAMA_SCHED_SPREAD", "1"))
     tensor_split = None
     if not ollama.is_legacy_ollama(version):
-        fit_target, why = _fit_target(gpus)
+        fit_target, why = _fit_target(gpus, _projector_pad_mib(placed))
         env.append(("LLAMA_ARG_FIT_TARGET", fit_target))
         reasons.append(why)
         tensor_split = _explicit_split(rig, placed, split, gpus)
@@ -173,21 +175,45 @@ def _ollama_single(
     return Layout((instance,), models, None, warnings)
 
 
-def _fit_target(gpus: Sequence[Gpu]) -> tuple[str, str]:
+def _projector_pad_mib(placed: Sequence[ModelPlacement]) -> int:
+    """What Ollama would add to LLAMA_ARG_FIT_TARGET for the largest projector it may load.
+
+    Since v0.31.2 (a6293eb51, #16996) Ollama pads the fit target by the projector's tensors
+    plus 1 GiB for its buffers (llm/llama_server.go, mmprojFitTargetMiB and
+    mmprojOffloadHeadroom), because llama.cpp's fit does not count the projector; but when the
+    variable is already in its environment, as our unit sets it, it keeps that value as it is
+    (extraEnvsForStart). So the margin we render carries the pad itself."""
+    pads = [
+        -(-(p.spec.projector_bytes + MMPROJ_OFFLOAD_HEADROOM_BYTES) // MIB)
+        for p in placed
+        if p.spec.multimodal
+    ]
+    return max(pads, default=0)
+
+
+def _fit_target(gpus: Sequence[Gpu], projector_pad_mib: int = 0) -> tuple[str, str]:
     """LLAMA_ARG_FIT_TARGET: the margin llama.cpp's fit leaves free, per device when needed.
 
     On ROCm the fit reads HIP's free memory, which does not count the desktop's and other
     graphics allocations (hipMemGetInfo; llama.cpp issue #24906): an AMD card's margin is raised
-    by the VRAM sysfs shows in use, in HIP order (what -fit-target's list follows)."""
+    by the VRAM sysfs shows in use, in HIP order (what -fit-target's list follows). A
+    multimodal model raises every margin by Ollama's projector pad (`_projector_pad_mib`)."""
+    base = FIT_TARGET_MIB + projector_pad_mib
+    why = f"llama.cpp's fit leaves {FIT_TARGET_MIB} MiB free per GPU" + (
+        f" plus {projector_pad_mib} MiB for the vision projector (its tensors and 1 GiB, as "
+        "Ollama pads it when the variable is unset)"
+        if projector_pad_mib
+        else ""
+    )
     if not gpus or any(g.vendor != Vendor.AMD for g in gpus):
-        return str(FIT_TARGET_MIB), f"llama.cpp's fit leaves {FIT_TARGET_MIB} MiB free per GPU"
-    margins = [FIT_TARGET_MIB + (g.memory_used_bytes or 0) // MIB for g in kfd_order(gpus)]
-    if len(set(margins)) == 1 and margins[0] == FIT_TARGET_MIB:
-        return str(FIT_TARGET_MIB), f"llama.cpp's fit leaves {FIT_TARGET_MIB} MiB free per GPU"
+        return str(base), why
+    margins = [base + (g.memory_used_bytes or 0) // MIB for g in kfd_order(gpus)]
+    if len(set(margins)) == 1 and margins[0] == base:
+        return str(base), why
     listed = ",".join(map(str, margins))
     return listed, (
-        f"llama.cpp's fit leaves {FIT_TARGET_MIB} MiB free per GPU plus what the desktop and "
-        f"other graphics hold, which HIP's free figure misses ({listed} MiB, HIP order)"
+        f"{why}, plus what the desktop and other graphics hold, which HIP's free figure "
+        f"misses ({listed} MiB, HIP order)"
     )
 
 
@@ -411,6 +437,10 @@ def _llama_server(
         args += ["-ctk", s.kv_type.value, "-ctv", s.kv_type.value]
     if p.entry.num_batch:
         args += ["-b", str(p.entry.num_batch)]
+    if p.entry.mmproj:
+        # The projector goes to the first device of the split: its weights and graph are
+        # counted there (estimate.device_footprint, holds_projector).
+        args += ["--mmproj", p.entry.mmproj]
     # An explicit plan (never mixed with --fit): devices in split order, layers per device.
     offloaded = sum(_layer_units(sh) for sh in shares)
     gpus = [sh.gpu for sh in shares]

@@ -151,6 +151,7 @@ def place(
     flash_ok = _flash_attention_ok(rig_for_models, profile, version, warnings)
     fits, all_resident = _fit_all(rig_for_models, profile, specs, legacy, flash_ok)
     warnings += _parallel_warnings(profile) + _context_warnings(profile, specs)
+    warnings += _architecture_warnings(profile, specs)
     if not profile.is_loopback:
         warnings.append(_exposure_warning(profile))
     placements = [
@@ -303,6 +304,22 @@ def _context_warnings(profile: Profile, specs: Mapping[str, ModelSpec]) -> list[
                 f"planned and rendered at {trained} (the model keeps its name)"
             )
     return warnings
+
+
+def _architecture_warnings(profile: Profile, specs: Mapping[str, ModelSpec]) -> list[str]:
+    """A model whose cache layout the estimate does not model (llama4's chunked attention, a
+    vision model's own architecture string): the plan says so, not only `fit`."""
+    seen: dict[str, str] = {}
+    for m in profile.models:
+        spec = specs[m.ref]
+        if not spec.kv_known:
+            seen.setdefault(m.ref, spec.architecture)
+    return [
+        f"{ref}: architecture '{arch}' is not modelled: its weights are counted from its "
+        "tensors but its KV cache and compute buffer follow the plain transformer rule, so its "
+        "memory may be underestimated; measure a real load before relying on the margin"
+        for ref, arch in seen.items()
+    ]
 
 
 def _parallel_warnings(profile: Profile) -> list[str]:

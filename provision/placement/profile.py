@@ -55,6 +55,7 @@ class ModelEntry:
     name: str | None = None  # the model clients call; default `<ref>-provision`, whatever ctx
     path: str | None = None  # GGUF file the runtime loads (llama-server)
     port: int | None = None  # llama-server: this model's port (default: stable by name)
+    mmproj: str | None = None  # the vision projector GGUF llama-server loads with --mmproj
 
 
 @dataclass(frozen=True)
@@ -314,9 +315,9 @@ def _resolve_extends(data: dict[str, Any], source: str, seen: tuple[str, ...]) -
 
 
 def _absolute_model_paths(data: dict[str, Any], source: str) -> dict[str, Any]:
-    """A model's relative `.gguf` ref or `path:` is relative to the profile file that names it,
-    not to wherever the command runs: made absolute here, so units name the file the plan
-    measured. (Bundled profiles name no files.)"""
+    """A model's relative `.gguf` ref, `path:` or `mmproj:` is relative to the profile file that
+    names it, not to wherever the command runs: made absolute here, so units name the file the
+    plan measured. (Bundled profiles name no files.)"""
     models = data.get("models")
     if not Path(source).is_file() or not isinstance(models, list):
         return data
@@ -324,11 +325,11 @@ def _absolute_model_paths(data: dict[str, Any], source: str) -> dict[str, Any]:
     for entry in models:
         if not isinstance(entry, dict):
             continue
-        for key in ("ref", "path"):
+        for key in ("ref", "path", "mmproj"):
             value = entry.get(key)
             if not isinstance(value, str) or not value or value.startswith("/"):
                 continue
-            if key == "path" or value.endswith(".gguf"):
+            if key != "ref" or value.endswith(".gguf"):
                 entry[key] = os.path.normpath(folder / value)
     return data
 
@@ -437,8 +438,9 @@ def _check_model(m: ModelEntry, i: int) -> tuple[str, str, str | None] | None:
         return (f"{at}.keep_alive", f"not a duration like 5m, 1h or -1: {m.keep_alive!r}", None)
     if m.name is not None and not _MODEL_NAME.match(m.name):
         return (f"{at}.name", f"not a valid Ollama model name: {m.name!r}", None)
-    if m.path is not None and (not m.path.startswith("/") or any(c.isspace() for c in m.path)):
-        return (f"{at}.path", f"must be an absolute path without spaces, got {m.path!r}", None)
+    for key, value in (("path", m.path), ("mmproj", m.mmproj)):
+        if value is not None and (not value.startswith("/") or any(c.isspace() for c in value)):
+            return (f"{at}.{key}", f"must be an absolute path without spaces, got {value!r}", None)
     if m.port is not None and not 1 <= m.port <= 65535:
         return (f"{at}.port", f"must be 1-65535, got {m.port}", None)
     if m.gpus is not None and (not m.gpus or min(m.gpus) < 0):
