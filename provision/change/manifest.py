@@ -9,7 +9,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from provision.desired import DesiredFile, DesiredModel, DesiredState, DesiredUnit
+from provision.desired import DesiredFile, DesiredLoad, DesiredModel, DesiredState, DesiredUnit
 
 MANIFEST_SCHEMA = 1
 
@@ -47,6 +47,7 @@ def build_manifest(desired: DesiredState) -> dict[str, Any]:
             for p in desired.power
         ],
         "models": [_manifest_model(m, desired) for m in desired.models],
+        "loads": [_manifest_load(load) for load in desired.loads],
     }
 
 
@@ -82,6 +83,26 @@ def _manifest_model(model: DesiredModel, desired: DesiredState) -> dict[str, Any
         "base": model.base,
         "modelfile_path": model.modelfile_path,
         "modelfile_sha256": digest,
+    }
+
+
+def _manifest_load(load: DesiredLoad) -> dict[str, Any]:
+    return {
+        "model": load.model,
+        "unit": load.unit,
+        "runtime": load.runtime,
+        "keep_alive": load.keep_alive,
+        "gpus": [
+            {
+                "uuid": s.uuid,
+                "index": s.index,
+                "footprint_bytes": s.footprint_bytes,
+                "layers": s.layers,
+            }
+            for s in load.shares
+        ],
+        "cpu_layers": load.cpu_layers,
+        "cpu_bytes": load.cpu_bytes,
     }
 
 
