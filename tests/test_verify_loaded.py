@@ -291,7 +291,7 @@ def run_loaded(fake: FakeOllama, manifest: dict[str, Any]) -> dict[str, tuple[st
             c for c in checks_for(manifest, live=True, loaded=True) if c.kind == CheckKind.LOADED
         )
         (host,) = connect(["local://"])
-        results, output = run_suite([Target("local", host, "/", checks)])
+        results, _ = run_suite([Target("local", host, "/", checks)])
     finally:
         server.shutdown()
     return {r.check.target: (r.status, r.detail) for r in results}

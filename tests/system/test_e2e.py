@@ -33,6 +33,7 @@ from tests.system.testinfra_nsenter import nsenter_host
 
 RIG_2X3090 = "synthetic-2x3090-x16-x8"
 RIG_4090_3090 = "synthetic-4090-3090"
+RIG_2X3090_OLLAMA_030 = "synthetic-2x3090-downtrained"  # Ollama 0.30.2: its scheduler modelled
 GPU0_3090 = "GPU-3b6f2c1e-8d4a-4f1b-9c2e-5a7d9e1f0a01"
 GPU1_3090 = "GPU-7c1d9a4b-2e6f-4a8c-b1d3-9f0e2c4a6b02"
 
@@ -119,8 +120,8 @@ class Box:
         rig = ("--rig", "/root/rig.yaml", "--profile", profile or self.profile)
         return self.provision("apply", "--yes", *rig, *extra)
 
-    def verify(self) -> tuple[int, dict[str, Any]]:
-        result = self.provision("verify", "--json")
+    def verify(self, *extra: str) -> tuple[int, dict[str, Any]]:
+        result = self.provision("verify", "--json", *extra)
         assert result.returncode in (0, 1), result.stdout + result.stderr
         return result.returncode, json.loads(result.stdout)
 
@@ -448,3 +449,46 @@ def test_power_capped_on_2x7900xtx_from_sysfs(
     assert box.run("systemctl", "stop", "gpu-power-limits.service").returncode == 0
     for bdf in AMD_GPUS:
         assert box.container.get(_cap_file(bdf)).strip() == "327000000"
+
+
+# --- the plan against the loaded models (verify --loaded) ------------------------------------
+
+LOADED_32B = "loaded:ollama.service/qwen2.5:32b-ctx8192"
+LOADED_8B = "loaded:ollama.service/llama3.1:8b-ctx8192"
+PS_URL = "http://127.0.0.1:11434/api/ps"
+
+
+def test_loaded_models_sit_where_planned_and_not_without_the_lever(
+    make_box: Callable[[str, str], Box],
+) -> None:
+    """qwen2.5:32b fits one 3090 by the plan but not by Ollama's 80% rule, so Ollama alone would
+    spread it over both cards: the plan pins it with PARAMETER main_gpu 0. The stand-in loads by
+    its own reading of Ollama's scheduler; verify --loaded measures where each model sits."""
+    box = make_box(RIG_2X3090_OLLAMA_030, "ollama-auto")
+    box.converge()
+    assert "PARAMETER main_gpu 0" in box.container.get(MODELFILE_32B)
+    code, report = box.verify("--loaded")
+    assert code == 0, failures(report)
+    assert ids(report) == AUTO_CHECKS | {LOADED_32B, LOADED_8B}
+    details = {c["id"]: c["detail"] for c in report["checks"]}
+    assert details[LOADED_32B].startswith("on GPU 0 as planned: GPU 0 "), details[LOADED_32B]
+    assert details[LOADED_8B].startswith("on GPU 1 as planned: GPU 1 "), details[LOADED_8B]
+    ps = box.run(
+        "python3", "-c", f"import urllib.request as u; print(u.urlopen('{PS_URL}').read())"
+    )
+    assert "qwen2.5:32b-ctx8192" in ps.stdout and "llama3.1:8b-ctx8192" in ps.stdout  # kept alive
+
+    # The lever removed: the same model created from a Modelfile without main_gpu.
+    unpinned = box.container.get(MODELFILE_32B).replace("PARAMETER main_gpu 0\n", "")
+    box.container.put("/root/unpinned.Modelfile", unpinned)
+    created = box.run("ollama", "create", "qwen2.5:32b-ctx8192", "-f", "/root/unpinned.Modelfile")
+    assert created.returncode == 0, created.stderr
+    code, report = box.verify("--loaded")
+    assert code == 1
+    failed = failures(report)
+    assert set(failed) == {LOADED_32B}, failed
+    assert failed[LOADED_32B].startswith("on GPU 0, GPU 1, planned GPU 0: "), failed[LOADED_32B]
+    # the 8B stayed loaded on GPU 1, so the spread 32B left GPU 1 less room: reloaded, the 8B
+    # goes back to GPU 1, where it was planned
+    plain = box.provision("verify", "--loaded")
+    assert "FAIL loaded ollama.service/qwen2.5:32b-ctx8192: on GPU 0, GPU 1" in plain.stdout
