@@ -1,5 +1,6 @@
 """`provision verify --loaded`: the planned loads in the manifest, the pure verdict on where a
-loaded model sits, and the check itself against a small Ollama-shaped server on local://."""
+loaded model sits, and the check itself against a small Ollama-shaped server on local://.
+Also the balancer's proof that each replica answers (its X-Provision-Upstream header)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ from provision.pipeline import desired_state
 from provision.verify.checks import (
     CheckKind,
     ManifestError,
+    answered_by,
     checks_for,
     parse_memory_used,
     parse_ps,
     placement_verdict,
+    reached_verdict,
+    repeated_curl_argv,
     tolerance_bytes,
 )
 from provision.verify.runner import Target, connect, run_suite
@@ -326,3 +330,49 @@ def test_loaded_off_plan_fails_naming_the_gpus(fake_host: Path) -> None:
     assert status == "fail"
     assert detail.startswith("on GPU 0, GPU 1, planned GPU 0: GPU 0 10.5 GiB"), detail
     assert results["ollama.service/llama3.1:8b-ctx8192"][0] == "pass"  # measured on its own
+
+
+# --- the balancer reaches each replica ---------------------------------------------------------
+
+# `curl -D -` over nginx: the second request was retried on 11435 after 11436 refused it.
+HEADERS = """\
+HTTP/1.1 200 OK\r
+Server: nginx/1.22.1\r
+X-Provision-Upstream: 127.0.0.1:11435\r
+\r
+HTTP/1.1 200 OK\r
+x-provision-upstream: 127.0.0.1:11436, 127.0.0.1:11435\r
+\r
+"""
+UPSTREAMS = ["127.0.0.1:11435", "127.0.0.1:11436"]
+
+
+def test_the_last_upstream_tried_is_the_one_that_answered() -> None:
+    assert answered_by(HEADERS) == ["127.0.0.1:11435", "127.0.0.1:11435"]
+
+
+@pytest.mark.parametrize(
+    ("answered", "ok", "detail"),
+    [
+        (
+            ["127.0.0.1:11435", "127.0.0.1:11436"] * 2,
+            True,
+            "each replica answered through it (127.0.0.1:11435 x2, 127.0.0.1:11436 x2)",
+        ),
+        (
+            ["127.0.0.1:11435"] * 4,
+            False,
+            "127.0.0.1:11436 answered none of 4 requests (127.0.0.1:11435 x4)",
+        ),
+        ([], False, "no X-Provision-Upstream header in the answers: not the planned site?"),
+    ],
+)
+def test_reached_verdict(answered: list[str], ok: bool, detail: str) -> None:
+    assert reached_verdict(answered, UPSTREAMS) == (ok, detail)
+
+
+def test_the_requests_share_one_connection() -> None:
+    # one curl, the URL repeated: curl reuses the connection, so one nginx worker balances them
+    argv = repeated_curl_argv("http://127.0.0.1:11434/api/version", 3)
+    assert argv.count("-o /dev/null") == 3
+    assert argv.count("http://127.0.0.1:11434/api/version") == 3

@@ -38,6 +38,7 @@ from provision.paths import (
     POWER_RESUME_UNIT,
     POWER_UNIT,
     SLEEP_TARGETS,
+    UPSTREAM_HEADER,
     unit_file,
 )
 from provision.placement.decisions import Balancer, Instance, ModelPlacement, Placement
@@ -207,7 +208,9 @@ def _amd_power_files() -> list[DesiredFile]:
 
 
 def _nginx_file(balancer: Balancer) -> DesiredFile:
-    content = _render("nginx-ollama.conf.j2", balancer.path, balancer=balancer)
+    content = _render(
+        "nginx-ollama.conf.j2", balancer.path, balancer=balancer, upstream_header=UPSTREAM_HEADER
+    )
     return DesiredFile(balancer.path, content, reloads=(NGINX_UNIT,))
 
 

@@ -21,6 +21,7 @@ from provision.paths import (
     OLLAMA_UNIT,
     RUNNING_STATES,
     SYSTEMD_DIR,
+    UPSTREAM_HEADER,
     WILDCARDS,
     host_port,
     http_url,
@@ -35,7 +36,7 @@ class CheckKind(StrEnum):
     UNIT = "unit"  # enabled (or not) and active (oneshot: ran this boot and succeeded)
     PORT = "port"  # something listens on exactly this address
     ENV = "env"  # the main process has the environment the managed files give it
-    NGINX = "nginx"  # the balancer answers /api/version on its public address
+    NGINX = "nginx"  # the balancer answers /api/version on its public address, from each replica
     OLLAMA = "ollama"  # an Ollama instance answers /api/version directly
     MODEL = "model"  # the public Ollama endpoint lists the model in /api/tags
     POWER = "power"  # nvidia-smi (AMD: hwmon power1_cap) reports the planned power limit
@@ -245,6 +246,37 @@ def curl_argv(url: str, data: str | None = None, timeout_s: float = HTTP_TIMEOUT
 def parse_curl(stdout: str) -> tuple[int, str]:
     body, _, code = stdout.rpartition("\n")
     return (int(code) if code.strip().isdigit() else 0), body
+
+
+def repeated_curl_argv(url: str, times: int, timeout_s: float = HTTP_TIMEOUT_S) -> str:
+    """GET `url` `times` times over one connection (curl reuses it for a repeated URL, so one
+    nginx worker answers them all, in its balancing order), printing each response's headers."""
+    discard = " ".join(["-o /dev/null"] * times)
+    urls = " ".join([shlex.quote(url)] * times)
+    return f"curl -sS --max-time {timeout_s:g} -D - {discard} {urls}"
+
+
+def answered_by(headers: str) -> list[str]:
+    """The replica that answered each response, from the site's UPSTREAM_HEADER: nginx's
+    $upstream_addr lists every upstream tried, comma-separated; the last one answered."""
+    found = []
+    for line in headers.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == UPSTREAM_HEADER.lower():
+            found.append(value.split(",")[-1].strip())
+    return found
+
+
+def reached_verdict(answered: Sequence[str], upstreams: Sequence[str]) -> tuple[bool, str]:
+    """Every replica answered at least one of the requests sent through the balancer."""
+    if not answered:
+        return False, f"no {UPSTREAM_HEADER} header in the answers: not the planned site?"
+    counts = {u: answered.count(u) for u in dict.fromkeys([*upstreams, *answered])}
+    seen = ", ".join(f"{u} x{n}" for u, n in counts.items() if n)
+    missing = [u for u in upstreams if not counts[u]]
+    if missing:
+        return False, f"{', '.join(missing)} answered none of {len(answered)} requests ({seen})"
+    return True, f"each replica answered through it ({seen})"
 
 
 def parse_version(body: str) -> str | None:

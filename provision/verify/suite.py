@@ -9,10 +9,12 @@ what it saw as the `detail` user property.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import shlex
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
@@ -23,7 +25,7 @@ from provision.change.manifest import sha256
 from provision.change.observe import parse_power_limits
 from provision.change.plan import POWER_TOLERANCE_W
 from provision.ollama import parse_tags
-from provision.paths import NGINX_UNIT, NVIDIA_SMI_POWER_QUERY
+from provision.paths import NGINX_UNIT, NVIDIA_SMI_POWER_QUERY, UPSTREAM_HEADER
 from provision.units import MICROWATTS
 from provision.verify import checks as c
 from provision.verify import environment
@@ -225,7 +227,34 @@ def test_nginx(target: Target, check: Check, record_property: Record) -> None:
     upstreams = ", ".join(check.expect["upstreams"]) or "no upstream"
     said = f"answers /api/version ({{version}}) in front of {upstreams}"
     probe = _http_probe(target, url, _version_of(url, said))
-    record_property(DETAIL, _settled(target, NGINX_UNIT, probe))
+    detail = _settled(target, NGINX_UNIT, probe)
+    if check.expect["upstreams"]:
+        ok, reached = c.reached_verdict(_answered_by(target, url, 2 * len(upstreams)), upstreams)
+        if not ok:
+            fail(reached)
+        detail = f"{detail}; {reached}"
+    record_property(DETAIL, detail)
+
+
+def _answered_by(target: Target, url: str, times: int) -> list[str]:
+    """Which replica answered each of `times` requests sent over one connection."""
+    if not target.local:
+        return c.answered_by(_run(target, c.repeated_curl_argv(url, times)).stdout)
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.netloc, timeout=c.HTTP_TIMEOUT_S)
+    answered = []
+    try:
+        for _ in range(times):
+            connection.request("GET", parts.path)
+            reply = connection.getresponse()
+            reply.read()
+            header = reply.getheader(UPSTREAM_HEADER)
+            answered += c.answered_by(f"{UPSTREAM_HEADER}: {header}") if header else []
+    except OSError:
+        pass  # what answered so far is the evidence
+    finally:
+        connection.close()
+    return answered
 
 
 def test_ollama(target: Target, check: Check, record_property: Record) -> None:

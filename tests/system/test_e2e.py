@@ -207,14 +207,20 @@ def test_replicas_behind_nginx_on_2x3090(make_box: Callable[[str, str], Box]) ->
     assert env_of(box, 11436)["CUDA_VISIBLE_DEVICES"] == GPU1_3090
     report = assert_verified(box)
     assert ids(report) == REPLICA_CHECKS
+    nginx = next(c["detail"] for c in report["checks"] if c["id"] == "nginx:127.0.0.1:11434")
+    assert nginx.endswith(
+        "each replica answered through it (127.0.0.1:11435 x2, 127.0.0.1:11436 x2)"
+    )
 
     box.run("sh", "-c", f"echo '# tuned by hand' >> {NGINX_SITE}")
     box.run("systemctl", "disable", "ollama@0.service")
     box.run("systemctl", "stop", "ollama@1.service")
     code, report = box.verify()
     assert code == 1
-    # nginx retries the stopped replica's request on the other one: the balancer still answers
+    # nginx retries the stopped replica's requests on the other one: the balancer still
+    # answers, but its header shows that ollama@1 answered none of them
     assert set(failures(report)) == {
+        "nginx:127.0.0.1:11434",
         f"file:{NGINX_SITE}",
         "unit:ollama@0.service",
         "unit:ollama@1.service",
@@ -223,6 +229,9 @@ def test_replicas_behind_nginx_on_2x3090(make_box: Callable[[str, str], Box]) ->
         "ollama:127.0.0.1:11436",
     }
     assert failures(report)["unit:ollama@1.service"].startswith("enabled but not active")
+    assert failures(report)["nginx:127.0.0.1:11434"].startswith(
+        "127.0.0.1:11436 answered none of 4 requests (127.0.0.1:11435 x4)"
+    )
 
     repaired = box.apply()
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
