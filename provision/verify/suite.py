@@ -228,8 +228,9 @@ def test_nginx(target: Target, check: Check, record_property: Record) -> None:
     said = f"answers /api/version ({{version}}) in front of {upstreams}"
     probe = _http_probe(target, url, _version_of(url, said))
     detail = _settled(target, NGINX_UNIT, probe)
-    if check.expect["upstreams"]:
-        ok, reached = c.reached_verdict(_answered_by(target, url, 2 * len(upstreams)), upstreams)
+    replicas = check.expect["upstreams"]
+    if replicas:
+        ok, reached = c.reached_verdict(_answered_by(target, url, 2 * len(replicas)), replicas)
         if not ok:
             fail(reached)
         detail = f"{detail}; {reached}"
