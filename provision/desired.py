@@ -60,12 +60,37 @@ class DesiredModel:
     base: str  # the FROM line's model, which must be pulled first
 
 
+@dataclass(frozen=True, kw_only=True)
+class DesiredShare:
+    """What the plan puts on one GPU for one loaded model."""
+
+    uuid: str
+    index: int
+    footprint_bytes: int  # weights, KV cache, compute buffers and overhead
+    layers: int  # repeating layers (the output head not counted)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DesiredLoad:
+    """One planned model as one service runs it once loaded: `verify --loaded` loads it and
+    compares where it sits with this."""
+
+    model: str  # the name clients ask for
+    unit: str  # the service that serves it
+    runtime: str  # "ollama" or "llama-server"
+    keep_alive: str | None  # Ollama: how long the load keeps it resident
+    shares: tuple[DesiredShare, ...]  # in split order
+    cpu_layers: int = 0
+    cpu_bytes: int = 0
+
+
 @dataclass(frozen=True)
 class DesiredState:
     files: tuple[DesiredFile, ...] = ()
     units: tuple[DesiredUnit, ...] = ()
     power: tuple[DesiredPower, ...] = ()
     models: tuple[DesiredModel, ...] = ()
+    loads: tuple[DesiredLoad, ...] = ()
     # Digests that the manifest records so that `verify` knows what plan it checks.
     profile_digest: str = ""
     rig_digest: str = ""

@@ -37,6 +37,7 @@ OLLAMA_TEMPLATE_UNIT = f"{SYSTEMD_DIR}/ollama@.service"
 INSTANCE_ENV_DIR = "/etc/provision/ollama"  # one <n>.env per ollama@<n>.service
 NGINX_UNIT = "nginx.service"
 NGINX_SITE = "/etc/nginx/conf.d/provision-ollama.conf"
+UPSTREAM_HEADER = "X-Provision-Upstream"  # the site's header naming the replica that answered
 POWER_UNIT = "gpu-power-limits.service"
 # amdgpu forgets a power cap on suspend/resume: this oneshot sets the caps again after one.
 POWER_RESUME_UNIT = "gpu-power-limits-resume.service"

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from provision.desired import DesiredFile, DesiredModel, DesiredState, DesiredUnit
+from provision.desired import DesiredFile, DesiredLoad, DesiredModel, DesiredState, DesiredUnit
 from provision.ollama import normalize_model
 
 MANIFEST_SCHEMA = 1
@@ -54,6 +54,7 @@ def build_manifest(desired: DesiredState, created: Iterable[str] = ()) -> dict[s
             for p in desired.power
         ],
         "models": [_manifest_model(m, desired) for m in desired.models],
+        "loads": [_manifest_load(load) for load in desired.loads],
     }
 
 
@@ -142,6 +143,15 @@ _RECORDS: dict[str, dict[str, _Types]] = {
         "modelfile_sha256": _OPT_STR,
     },
     "prior_units": {"name": _STR, "enabled": _STR, "active": _OPT_STR},  # change/prior.py
+    "loads": {  # verify --loaded
+        "model": _STR,
+        "unit": _STR,
+        "runtime": _STR,
+        "keep_alive": _OPT_STR,
+        "gpus": (list,),
+        "cpu_layers": (int,),
+        "cpu_bytes": (int,),
+    },
 }
 _REQUIRED = {
     "files": ("path", "sha256", "mode", "owner", "group"),
@@ -150,6 +160,7 @@ _REQUIRED = {
     "power": ("uuid", "target_w"),
     "models": ("name",),
     "prior_units": ("name", "enabled"),
+    "loads": ("model", "unit", "runtime", "gpus"),
 }
 _OCTAL_MODE = re.compile(r"^0?[0-7]{3,4}$")
 _LISTEN = re.compile(r"^.*:(\d{1,5})$")
@@ -187,9 +198,29 @@ def _record_problem(
             return f".{name}: {value!r:.60} has the wrong type"
         if isinstance(value, float) and not math.isfinite(value):
             return f".{name}: {value!r} is not a finite number"
-        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+        if name == "gpus" and isinstance(value, list):  # a load's shares: objects of their own
+            problem = _shares_problem(value)
+            if problem is not None:
+                return f".gpus{problem}"
+        elif isinstance(value, list) and not all(isinstance(v, str) for v in value):
             return f".{name}: not a list of strings"
     return _value_problem(record)
+
+
+_SHARE: dict[str, _Types] = {
+    "uuid": _STR,
+    "index": (int,),
+    "footprint_bytes": (int,),
+    "layers": (int,),
+}
+
+
+def _shares_problem(shares: list[Any]) -> str | None:
+    for n, share in enumerate(shares):
+        problem = _record_problem(share, _SHARE, tuple(_SHARE))
+        if problem is not None:
+            return f"[{n}]{problem}"
+    return None
 
 
 def _value_problem(record: dict[str, Any]) -> str | None:
@@ -203,6 +234,26 @@ def _value_problem(record: dict[str, Any]) -> str | None:
     if isinstance(port, int) and not 0 < port < 65536:
         return f": port {port} is not a TCP port"
     return None
+
+
+def _manifest_load(load: DesiredLoad) -> dict[str, Any]:
+    return {
+        "model": load.model,
+        "unit": load.unit,
+        "runtime": load.runtime,
+        "keep_alive": load.keep_alive,
+        "gpus": [
+            {
+                "uuid": s.uuid,
+                "index": s.index,
+                "footprint_bytes": s.footprint_bytes,
+                "layers": s.layers,
+            }
+            for s in load.shares
+        ],
+        "cpu_layers": load.cpu_layers,
+        "cpu_bytes": load.cpu_bytes,
+    }
 
 
 def comparable(manifest: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -13,7 +13,8 @@ import json
 import os
 import shlex
 import stat
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,9 @@ from provision.systemd import (
 from provision.units import MICROWATTS
 
 OLLAMA_TIMEOUT_S = 0.5  # a local API that does not answer this fast is treated as down
+OLLAMA_SETTLE_S = 10.0  # how long a running Ollama unit may take to listen (right after a boot)
+OLLAMA_RETRY_S = 0.25
+STARTING_STATES = ("active", "reloading")  # forked, maybe not listening yet (not a crash loop)
 SHOW_PROPERTIES = (
     "LoadState",
     "UnitFileState",
@@ -69,10 +73,17 @@ def observe(host: Host, desired: DesiredState) -> Observed:
         for p in recorded.get("power", ())
         if isinstance(p, Mapping)
     ]
-    version, models = _first_answering_ollama(desired.units) if host.live else (None, None)
     beside = stock_ollama_beside(u.name for u in desired.units)
     if beside:
         units.append(OLLAMA_UNIT)
+    states = unit_states(host, list(dict.fromkeys(units)))
+    version, models = None, None
+    if host.live:
+        starting = any(
+            s.active in STARTING_STATES for n, s in states.items() if n.startswith("ollama")
+        )
+        settle_s = OLLAMA_SETTLE_S if starting and desired.models else 0.0
+        version, models = first_answering_ollama(desired.units, settle_s)
     files = {p: read_file(host, p) for p in sorted(paths)}
     sources = unit_sources(host, configured_units(desired))
     files.update(_source_files(host, sources, files))
@@ -80,7 +91,7 @@ def observe(host: Host, desired: DesiredState) -> Observed:
         live=host.live,
         files=files,
         unit_sources=sources,
-        units=unit_states(host, list(dict.fromkeys(units))),
+        units=states,
         power_w=power_limits(wanted_power) if host.live and wanted_power else None,
         ollama_models=models if desired.models else None,
         ollama_version=version,
@@ -394,21 +405,32 @@ def ollama_address(units: Iterable[DesiredUnit]) -> tuple[str, int]:
     return ollama.DEFAULT_ADDRESS
 
 
-def _first_answering_ollama(
+def first_answering_ollama(
     units: Iterable[DesiredUnit],
+    settle_s: float = 0.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[str | None, frozenset[str] | None]:
     """Models live in one store: ask the planned instances, then the stock port, first to answer.
 
     Before a switch to replicas only the stock service runs; after it only the replicas do.
+    Right after a boot a service is active before it listens: with `settle_s` (an Ollama unit
+    is running) the round is repeated until one answers or that time is up, so a model is not
+    reported missing only because the API was not up yet.
     """
     candidates = [
         reachable(u.listen) for u in units if u.name.startswith("ollama") and u.listen is not None
     ]
-    for address in dict.fromkeys([*candidates, ollama.DEFAULT_ADDRESS]):
-        version, models = ollama_state(address)
-        if models is not None:
-            return version, models
-    return None, None
+    addresses = list(dict.fromkeys([*candidates, ollama.DEFAULT_ADDRESS]))
+    deadline = clock() + settle_s
+    while True:
+        for address in addresses:
+            version, models = ollama_state(address)
+            if models is not None:
+                return version, models
+        if clock() + OLLAMA_RETRY_S > deadline:
+            return None, None
+        sleep(OLLAMA_RETRY_S)
 
 
 def ollama_state(address: tuple[str, int]) -> tuple[str | None, frozenset[str] | None]:

@@ -13,6 +13,7 @@ unreachable host, else 1.
 from __future__ import annotations
 
 import json
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import click
 
 from provision.cli.options import json_option
 from provision.cli.terminal import echo
-from provision.errors import ExitCode
+from provision.errors import ExitCode, InputError
 from provision.verify.runner import (
     Result,
     Target,
@@ -57,6 +58,14 @@ from provision.verify.runner import (
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The Ansible inventory that ansible://GROUP hosts are read from.",
 )
+@click.option(
+    "--loaded",
+    is_flag=True,
+    help="Also load each planned model (Ollama: an empty generate with the planned keep_alive, "
+    "after unloading it; llama-server: /health) and check it sits on the planned GPUs, spills "
+    "nothing to the CPU unless planned, and uses each GPU within 10% of the plan or 512 MiB, "
+    "whichever is larger (nvidia-smi's memory.used). Live hosts only; it loads models.",
+)
 @json_option
 @click.pass_context
 def verify(
@@ -65,6 +74,7 @@ def verify(
     manifest_file: Path | None,
     root: str,
     inventory: Path | None,
+    loaded: bool,
     as_json: bool,
 ) -> None:
     """Check every file, unit, port, environment, endpoint, model and power limit that the
@@ -73,7 +83,11 @@ def verify(
     Exit status 0 when all checks pass, 1 when any fails.
     """
     urls = [u.strip() for u in hosts.split(",") if u.strip()] or ["local://"]
-    targets, unverified = load_targets(urls, root, manifest_file, inventory)
+    if loaded and posixpath.normpath(root) != "/":
+        raise InputError(
+            f"--loaded needs a running host, not the tree {root}", hint="drop --root or --loaded"
+        )
+    targets, unverified = load_targets(urls, root, manifest_file, inventory, loaded)
     results, pytest_output = run_suite(targets) if targets else ([], "")
     if ctx.find_root().params.get("debug"):
         click.echo(pytest_output, err=True)  # --debug: pytest's own output, as it is

@@ -10,13 +10,16 @@ reasons are in `provision plan`).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from provision.desired import (
     MANAGED_HEADER,
     DesiredFile,
+    DesiredLoad,
     DesiredModel,
     DesiredPower,
+    DesiredShare,
     DesiredState,
     DesiredUnit,
 )
@@ -35,6 +38,7 @@ from provision.paths import (
     POWER_RESUME_UNIT,
     POWER_UNIT,
     SLEEP_TARGETS,
+    UPSTREAM_HEADER,
     unit_file,
 )
 from provision.placement.decisions import Balancer, Instance, ModelPlacement, Placement
@@ -83,7 +87,47 @@ def render(placement: Placement) -> DesiredState:
         models=tuple(
             DesiredModel(m.name, m.modelfile_path or "", _modelfile_base(m)) for m in models
         ),
+        loads=tuple(_loads(placement)),
     )
+
+
+def _loads(placement: Placement) -> list[DesiredLoad]:
+    """Each placed model on each service that serves it, with what the plan puts on each GPU.
+
+    A replica runs the model on its own GPU: the fit's single share moves there."""
+    by_unit = {i.unit: i for i in placement.instances}
+    loads = []
+    for model in placement.models:
+        if not model.placed:
+            continue
+        for unit in model.units:
+            instance = by_unit[unit]
+            shares = [
+                DesiredShare(
+                    uuid=s.gpu.uuid,
+                    index=s.gpu.index,
+                    footprint_bytes=s.footprint.total_bytes,
+                    layers=len(s.footprint.layers),
+                )
+                for s in model.fit.shares
+            ]
+            own = instance.gpu_uuids
+            if len(shares) == 1 and len(own) == 1 and shares[0].uuid != own[0]:
+                gpu = next(g for g in placement.rig.gpus if g.uuid == own[0])
+                shares = [replace(shares[0], uuid=gpu.uuid, index=gpu.index)]
+            ollama = instance.runtime == Runtime.OLLAMA
+            loads.append(
+                DesiredLoad(
+                    model=model.name,
+                    unit=unit,
+                    runtime=str(instance.runtime),
+                    keep_alive=model.entry.keep_alive if ollama else None,
+                    shares=tuple(shares),
+                    cpu_layers=len(model.fit.cpu_layers),
+                    cpu_bytes=model.fit.cpu_bytes,
+                )
+            )
+    return loads
 
 
 def _instance_files(instances: Iterable[Instance], power_unit: str | None) -> list[DesiredFile]:
@@ -167,7 +211,9 @@ def _amd_power_files() -> list[DesiredFile]:
 
 
 def _nginx_file(balancer: Balancer) -> DesiredFile:
-    content = _render("nginx-ollama.conf.j2", balancer.path, balancer=balancer)
+    content = _render(
+        "nginx-ollama.conf.j2", balancer.path, balancer=balancer, upstream_header=UPSTREAM_HEADER
+    )
     return DesiredFile(balancer.path, content, reloads=(NGINX_UNIT,))
 
 

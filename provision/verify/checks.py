@@ -8,6 +8,7 @@ files and unit enablement can be checked; on a live host (root /) every kind is.
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -20,6 +21,7 @@ from provision.paths import (
     OLLAMA_UNIT,
     RUNNING_STATES,
     SYSTEMD_DIR,
+    UPSTREAM_HEADER,
     WILDCARDS,
     host_port,
     http_url,
@@ -36,10 +38,11 @@ class CheckKind(StrEnum):
     ENV = "env"  # the main process has the environment the managed files give it
     # no file provision does not manage overrides a setting the managed files give the unit
     OVERRIDE = "override"
-    NGINX = "nginx"  # the balancer answers /api/version on its public address
+    NGINX = "nginx"  # the balancer answers /api/version on its public address, from each replica
     OLLAMA = "ollama"  # an Ollama instance answers /api/version directly
     MODEL = "model"  # the public Ollama endpoint lists the model in /api/tags
     POWER = "power"  # nvidia-smi (AMD: hwmon power1_cap) reports the planned power limit
+    LOADED = "loaded"  # --loaded: once loaded, the model sits where the plan put it
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,9 @@ class ManifestError(ValueError):
     """The manifest does not have the shape apply writes."""
 
 
-def checks_for(manifest: Mapping[str, Any], live: bool) -> tuple[Check, ...]:
-    """Every check the manifest implies, in a fixed order (files, units, then live checks)."""
+def checks_for(manifest: Mapping[str, Any], live: bool, loaded: bool = False) -> tuple[Check, ...]:
+    """Every check the manifest implies, in a fixed order (files, units, then live checks);
+    `loaded` adds one `loaded` check per planned model and service (see loaded_checks)."""
     if manifest.get("schema") != 1:
         raise ManifestError("not a schema 1 manifest")
     files = _records(manifest, "files", ("path", "sha256", "mode", "owner", "group"))
@@ -90,6 +94,8 @@ def checks_for(manifest: Mapping[str, Any], live: bool) -> tuple[Check, ...]:
     for power in _records(manifest, "power", ("uuid", "target_w")):
         expect = {"target_w": power["target_w"], "device": power.get("device")}
         checks.append(Check(CheckKind.POWER, str(power["uuid"]), expect))
+    if loaded:
+        checks += loaded_checks(manifest, running)
     return tuple(checks)
 
 
@@ -229,14 +235,51 @@ def _activity(props: Mapping[str, str], expect: Mapping[str, Any]) -> tuple[bool
 # --- addresses and HTTP --------------------------------------------------------------------
 
 
-def curl_argv(url: str) -> str:
-    """A shell command that prints the body, a newline and the HTTP status (000: no answer)."""
-    return f"curl -sS --max-time {HTTP_TIMEOUT_S} -w '\\n%{{http_code}}' {url}"
+def curl_argv(url: str, data: str | None = None, timeout_s: float = HTTP_TIMEOUT_S) -> str:
+    """A shell command that prints the body, a newline and the HTTP status (000: no answer);
+    with `data`, a POST of that JSON."""
+    post = (
+        ""
+        if data is None
+        else f"-H 'Content-Type: application/json' --data-binary {shlex.quote(data)} "
+    )
+    return f"curl -sS --max-time {timeout_s:g} -w '\\n%{{http_code}}' {post}{shlex.quote(url)}"
 
 
 def parse_curl(stdout: str) -> tuple[int, str]:
     body, _, code = stdout.rpartition("\n")
     return (int(code) if code.strip().isdigit() else 0), body
+
+
+def repeated_curl_argv(url: str, times: int, timeout_s: float = HTTP_TIMEOUT_S) -> str:
+    """GET `url` `times` times over one connection (curl reuses it for a repeated URL, so one
+    nginx worker answers them all, in its balancing order), printing each response's headers."""
+    discard = " ".join(["-o /dev/null"] * times)
+    urls = " ".join([shlex.quote(url)] * times)
+    return f"curl -sS --max-time {timeout_s:g} -D - {discard} {urls}"
+
+
+def answered_by(headers: str) -> list[str]:
+    """The replica that answered each response, from the site's UPSTREAM_HEADER: nginx's
+    $upstream_addr lists every upstream tried, comma-separated; the last one answered."""
+    found = []
+    for line in headers.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == UPSTREAM_HEADER.lower():
+            found.append(value.split(",")[-1].strip())
+    return found
+
+
+def reached_verdict(answered: Sequence[str], upstreams: Sequence[str]) -> tuple[bool, str]:
+    """Every replica answered at least one of the requests sent through the balancer."""
+    if not answered:
+        return False, f"no {UPSTREAM_HEADER} header in the answers: not the planned site?"
+    counts = {u: answered.count(u) for u in dict.fromkeys([*upstreams, *answered])}
+    seen = ", ".join(f"{u} x{n}" for u, n in counts.items() if n)
+    missing = [u for u in upstreams if not counts[u]]
+    if missing:
+        return False, f"{', '.join(missing)} answered none of {len(answered)} requests ({seen})"
+    return True, f"each replica answered through it ({seen})"
 
 
 def parse_version(body: str) -> str | None:
@@ -315,3 +358,123 @@ def _env_check(unit: str, files: Sequence[Mapping[str, Any]]) -> Check | None:
         return None
     managed = {str(f["path"]): str(f["sha256"]) for f in files}
     return Check(CheckKind.ENV, unit, {"sources": sources, "managed": managed})
+
+
+# --- placement once loaded (--loaded) ---------------------------------------------------------
+
+# How far a GPU's measured use may be from the plan: 10% of the planned bytes or 512 MiB,
+# whichever is larger (CUDA's context and the runtime's own buffers are not in the plan).
+LOADED_TOLERANCE_FRACTION = 0.10
+LOADED_TOLERANCE_FLOOR_BYTES = 512 * 2**20
+LOAD_FIELDS = ("model", "unit", "runtime", "keep_alive", "gpus", "cpu_layers", "cpu_bytes")
+
+
+def loaded_checks(manifest: Mapping[str, Any], running: Sequence[Mapping[str, Any]]) -> list[Check]:
+    """One check per planned load (a model on a service), named `loaded:UNIT/MODEL`. Each
+    carries the other loads too: what they hold on a GPU is not this model's."""
+    if "loads" not in manifest:
+        raise ManifestError("records no planned placement (written before --loaded existed)")
+    address = {str(u["name"]): http_url(*listen) for u in running if (listen := _listen(u))}
+    loads = []
+    for load in _records(manifest, "loads", LOAD_FIELDS):
+        gpus = [
+            {"uuid": str(g["uuid"]), "index": int(g["index"]), "bytes": int(g["footprint_bytes"])}
+            for g in load["gpus"]
+        ]
+        loads.append(
+            {
+                "model": normalize_model(str(load["model"])),
+                "unit": str(load["unit"]),
+                "address": address.get(str(load["unit"])),
+                "runtime": str(load["runtime"]),
+                "keep_alive": load["keep_alive"],
+                "gpus": gpus,
+                "cpu_bytes": int(load["cpu_bytes"]),
+            }
+        )
+    return [
+        Check(
+            CheckKind.LOADED,
+            f"{load['unit']}/{load['model']}",
+            load | {"others": [o for o in loads if o is not load]},
+        )
+        for load in loads
+    ]
+
+
+def tolerance_bytes(planned_bytes: int) -> int:
+    return max(int(planned_bytes * LOADED_TOLERANCE_FRACTION), LOADED_TOLERANCE_FLOOR_BYTES)
+
+
+def parse_ps(body: str, model: str) -> tuple[int, int] | None:
+    """(size, size_vram) of `model` in Ollama's GET /api/ps answer (api.ProcessModelResponse,
+    server/routes.go PsHandler); None when it is not loaded."""
+    for entry in json.loads(body).get("models") or []:
+        if normalize_model(str(entry.get("model") or entry.get("name"))) == model:
+            return int(entry.get("size") or 0), int(entry.get("size_vram") or 0)
+    return None
+
+
+def parse_memory_used(text: str) -> dict[str, tuple[int, int]]:
+    """`nvidia-smi --query-gpu=index,uuid,memory.used --format=csv,noheader,nounits` ->
+    {uuid: (index, used bytes)}; a GPU without a reading ([N/A]) is left out."""
+    found = {}
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3 and parts[0].isdigit() and parts[2].isdigit():
+            found[parts[1]] = (int(parts[0]), int(parts[2]) * 2**20)
+    return found
+
+
+def _gib(value: int) -> str:
+    return f"{value / 2**30:.1f} GiB"
+
+
+def _gpu_list(indices: Sequence[int]) -> str:
+    return ", ".join(f"GPU {i}" for i in sorted(indices)) or "no GPU"
+
+
+def placement_verdict(
+    expect: Mapping[str, Any],
+    sizes: tuple[int, int],
+    measured: Mapping[str, tuple[int, int]] | None,
+) -> tuple[bool, str]:
+    """Where a loaded model sits against the plan.
+
+    `sizes`: (size, size_vram) as the runtime reports them; `measured`: {uuid: (index, bytes
+    this model holds there)} from the GPUs' own readings, None when they cannot be read. The
+    model must sit on exactly the planned GPUs (a GPU holds it when it gained more than the
+    tolerance floor), spill nothing to the CPU unless planned, and use each planned GPU within
+    tolerance_bytes of the plan."""
+    size, vram = sizes
+    planned = {g["uuid"]: (g["index"], g["bytes"]) for g in expect["gpus"]}
+    problems = []
+    spill = size - vram
+    if spill > 0 and not expect["cpu_bytes"]:
+        problems.append(f"{_gib(spill)} of {_gib(size)} on the CPU, planned all on GPU")
+    unread = [index for uuid, (index, _) in planned.items() if uuid not in (measured or {})]
+    if measured is None or unread:
+        if problems:
+            return False, "; ".join(problems)
+        why = "no nvidia-smi" if measured is None else f"nvidia-smi lacks {_gpu_list(unread)}"
+        return True, f"loaded, {_gib(vram)} in VRAM (per-GPU use not read: {why})"
+    on = {u for u, (_, used) in measured.items() if used > LOADED_TOLERANCE_FLOOR_BYTES}
+    label = {u: index for u, (index, _) in [*measured.items(), *planned.items()]}
+    if on != set(planned):
+        problems.append(
+            f"on {_gpu_list([label[u] for u in on])}, planned "
+            f"{_gpu_list([label[u] for u in planned])}"
+        )
+    readings = []
+    for uuid in sorted(set(planned) | on, key=lambda u: label[u]):
+        want = planned.get(uuid, (label[uuid], 0))[1]
+        used = measured.get(uuid, (label[uuid], 0))[1]
+        readings.append(f"GPU {label[uuid]} {_gib(used)} (planned {_gib(want)})")
+        if uuid in planned and abs(used - want) > tolerance_bytes(want) and on == set(planned):
+            problems.append(
+                f"GPU {label[uuid]} holds {_gib(used)}, planned {_gib(want)} "
+                f"(tolerance {_gib(tolerance_bytes(want))})"
+            )
+    if problems:
+        return False, "; ".join(problems) + ": " + ", ".join(readings)
+    return True, f"on {_gpu_list([label[u] for u in planned])} as planned: " + ", ".join(readings)

@@ -47,6 +47,11 @@ class Target:
     def live(self) -> bool:
         return self.root == "/"
 
+    @property
+    def local(self) -> bool:
+        """This very machine (local://): HTTP goes through Python, not a curl on the host."""
+        return bool(self.host.backend.get_connection_type() == "local")
+
     def path(self, target: str) -> str:
         return target if self.live else posixpath.join(self.root, target.lstrip("/"))
 
@@ -78,9 +83,11 @@ def load_targets(
     root: str,
     manifest_file: Path | None,
     inventory: Path | None = None,
+    loaded: bool = False,
 ) -> tuple[list[Target], list[Unverified]]:
-    """Each host's checks. One host that cannot be verified stops everything (its error is
-    raised); among several, it is returned in the second list and the others go on."""
+    """Each host's checks (`loaded`: the `loaded` checks too). One host that cannot be verified
+    stops everything (its error is raised); among several, it is returned in the second list
+    and the others go on."""
     root = posixpath.normpath(root) if root else "/"
     local_manifest = _read_local_manifest(manifest_file) if manifest_file else None
     hosts = connect(urls, inventory)
@@ -90,7 +97,8 @@ def load_targets(
         name = _name(host)
         try:
             manifest = local_manifest or _read_host_manifest(host, name, root)
-            targets.append(Target(name, host, root, _checks(manifest, root, manifest_file, name)))
+            checks = _checks(manifest, root, manifest_file, name, loaded)
+            targets.append(Target(name, host, root, checks))
         except ProvisionError as exc:
             if len(hosts) == 1:
                 raise
@@ -99,10 +107,10 @@ def load_targets(
 
 
 def _checks(
-    manifest: dict[str, Any], root: str, manifest_file: Path | None, name: str
+    manifest: dict[str, Any], root: str, manifest_file: Path | None, name: str, loaded: bool
 ) -> tuple[Check, ...]:
     try:
-        return checks_for(manifest, live=root == "/")
+        return checks_for(manifest, live=root == "/", loaded=loaded)
     except (ManifestError, ValueError, TypeError) as exc:  # a field of the wrong type
         where = manifest_file or f"{name}:{posixpath.join(root, MANIFEST_PATH.lstrip('/'))}"
         raise InputError(f"{where}: {exc}", hint="run 'provision apply' again") from None

@@ -8,10 +8,16 @@ what it saw as the `detail` user property.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
 import shlex
 import time
-from collections.abc import Callable
-from typing import Any
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
 
 import pytest
 
@@ -20,7 +26,13 @@ from provision.change.manifest import sha256
 from provision.change.observe import parse_power_limits
 from provision.change.plan import POWER_TOLERANCE_W
 from provision.ollama import parse_tags
-from provision.paths import NGINX_UNIT, NVIDIA_SMI_POWER_QUERY, UNIT_DIRS, template_of
+from provision.paths import (
+    NGINX_UNIT,
+    NVIDIA_SMI_POWER_QUERY,
+    UNIT_DIRS,
+    UPSTREAM_HEADER,
+    template_of,
+)
 from provision.units import MICROWATTS
 from provision.verify import checks as c
 from provision.verify.checks import Check, CheckKind
@@ -47,7 +59,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize(("target", "check"), params)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     pytest.fail(message, pytrace=False)
 
 
@@ -214,16 +226,41 @@ def test_env(target: Target, check: Check, record_property: Record) -> None:
     record_property(DETAIL, f"main process {pid} has {names} as configured")
 
 
+def _http(
+    target: Target, url: str, data: object = None, timeout_s: float = c.HTTP_TIMEOUT_S
+) -> tuple[int, str, str]:
+    """(HTTP status, body, why it failed) of a GET, or a POST of `data` as JSON; status 0
+    when nothing answered. On local:// through urllib (no curl needed), else curl on the host."""
+    payload = None if data is None else json.dumps(data)
+    if target.local:
+        return _local_http(url, payload, timeout_s)
+    seen = _run(target, c.curl_argv(url, payload, timeout_s))
+    if seen.rc == 127:
+        return 0, "", "curl is not installed on the host: HTTP checks need it"
+    code, body = c.parse_curl(seen.stdout)
+    return code, body, seen.stderr.strip().removeprefix("curl: ") or f"HTTP {code}"
+
+
+def _local_http(url: str, payload: str | None, timeout_s: float) -> tuple[int, str, str]:
+    data = None if payload is None else payload.encode()
+    headers = {} if data is None else {"Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as reply:
+            return int(reply.status), reply.read().decode("utf-8", "replace"), ""
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode("utf-8", "replace")
+        return exc.code, body, f"HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        return 0, "", str(getattr(exc, "reason", exc))
+
+
 def _http_probe(
     target: Target, url: str, parse: Callable[[str], tuple[bool, str]]
 ) -> Callable[[], tuple[bool, str]]:
     def probe() -> tuple[bool, str]:
-        seen = _run(target, c.curl_argv(url))
-        if seen.rc == 127:
-            return False, "curl is not installed on the host: HTTP checks need it"
-        code, body = c.parse_curl(seen.stdout)
+        code, body, why = _http(target, url)
         if code != 200:
-            why = seen.stderr.strip().removeprefix("curl: ") or f"HTTP {code}"
             return False, f"GET {url} failed: {why}"
         return parse(body)
 
@@ -247,7 +284,35 @@ def test_nginx(target: Target, check: Check, record_property: Record) -> None:
     upstreams = ", ".join(check.expect["upstreams"]) or "no upstream"
     said = f"answers /api/version ({{version}}) in front of {upstreams}"
     probe = _http_probe(target, url, _version_of(url, said))
-    record_property(DETAIL, _settled(target, NGINX_UNIT, probe))
+    detail = _settled(target, NGINX_UNIT, probe)
+    replicas = check.expect["upstreams"]
+    if replicas:
+        ok, reached = c.reached_verdict(_answered_by(target, url, 2 * len(replicas)), replicas)
+        if not ok:
+            fail(reached)
+        detail = f"{detail}; {reached}"
+    record_property(DETAIL, detail)
+
+
+def _answered_by(target: Target, url: str, times: int) -> list[str]:
+    """Which replica answered each of `times` requests sent over one connection."""
+    if not target.local:
+        return c.answered_by(_run(target, c.repeated_curl_argv(url, times)).stdout)
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.netloc, timeout=c.HTTP_TIMEOUT_S)
+    answered = []
+    try:
+        for _ in range(times):
+            connection.request("GET", parts.path)
+            reply = connection.getresponse()
+            reply.read()
+            header = reply.getheader(UPSTREAM_HEADER)
+            answered += c.answered_by(f"{UPSTREAM_HEADER}: {header}") if header else []
+    except OSError:
+        pass  # what answered so far is the evidence
+    finally:
+        connection.close()
+    return answered
 
 
 def test_ollama(target: Target, check: Check, record_property: Record) -> None:
@@ -308,3 +373,97 @@ def _amd_power(target: Target, device: str, want: float, record_property: Record
     if abs(watts - want) > POWER_TOLERANCE_W:
         fail(f"power cap {watts:g} W, planned {want:g} W")
     record_property(DETAIL, f"power cap {watts:g} W (hwmon power1_cap), as planned")
+
+
+# --- --loaded: the plan against the running host ---------------------------------------------
+
+LOAD_TIMEOUT_S = 300  # loading tens of GiB from disk onto the GPUs takes a while
+UNLOAD_WAIT_S = 10.0
+
+
+def test_loaded(target: Target, check: Check, record_property: Record) -> None:
+    want = check.expect
+    if want["address"] is None:
+        fail(f"{want['unit']} does not run or listen in the manifest: nothing to load on")
+    if want["runtime"] == "ollama":
+        sizes, measured = _load_ollama(target, want)
+    else:
+        sizes, measured = _load_llama_server(target, want)
+    ok, detail = c.placement_verdict(want, sizes, measured)
+    if not ok:
+        fail(detail)
+    record_property(DETAIL, detail)
+
+
+def _load_ollama(
+    target: Target, want: Mapping[str, Any]
+) -> tuple[tuple[int, int], dict[str, tuple[int, int]] | None]:
+    """Unload the model, read the GPUs, load it with the planned keep_alive, read them again:
+    the difference is this model's, whatever else runs there. An empty prompt loads without
+    generating; keep_alive 0 unloads (server/routes.go GenerateHandler)."""
+    base, model = want["address"], want["model"]
+    _post(target, f"{base}/api/generate", {"model": model, "keep_alive": 0})
+    deadline = time.monotonic() + UNLOAD_WAIT_S
+    while _ps(target, base, model) is not None and time.monotonic() < deadline:
+        time.sleep(0.25)
+    before = _gpu_memory(target)
+    load = {"model": model, "prompt": "", "keep_alive": want["keep_alive"], "stream": False}
+    _post(target, f"{base}/api/generate", load, LOAD_TIMEOUT_S)
+    sizes = _ps(target, base, model)
+    if sizes is None:
+        fail(f"loaded, but {base}/api/ps does not list {model}")
+    after = _gpu_memory(target)
+    if before is None or after is None:
+        return sizes, None
+    measured = {
+        uuid: (index, used - before.get(uuid, (index, 0))[1])
+        for uuid, (index, used) in after.items()
+    }
+    return sizes, measured
+
+
+def _load_llama_server(
+    target: Target, want: Mapping[str, Any]
+) -> tuple[tuple[int, int], dict[str, tuple[int, int]] | None]:
+    """llama-server loads its model at start and says so on /health; what the other planned
+    loads hold is taken off each GPU's use."""
+    url = f"{want['address']}/health"
+    code, body, why = _http(target, url)
+    if code != 200:
+        fail(f"GET {url}: not loaded ({why}: {body.strip()[:80]})")
+    used = _gpu_memory(target)
+    if used is None:
+        return (0, 0), None
+    others: dict[str, int] = {}
+    for other in want["others"]:
+        for gpu in other["gpus"]:
+            others[gpu["uuid"]] = others.get(gpu["uuid"], 0) + gpu["bytes"]
+    return (0, 0), {u: (i, b - others.get(u, 0)) for u, (i, b) in used.items()}
+
+
+def _post(target: Target, url: str, document: dict[str, Any], timeout_s: float = 30) -> None:
+    code, body, why = _http(target, url, document, timeout_s)
+    if code != 200:
+        with contextlib.suppress(ValueError, AttributeError):
+            why = str(json.loads(body).get("error") or why)
+        fail(f"POST {url} ({document['model']}) failed: {why}")
+
+
+def _ps(target: Target, base: str, model: str) -> tuple[int, int] | None:
+    code, body, why = _http(target, f"{base}/api/ps")
+    if code != 200:
+        fail(f"GET {base}/api/ps failed: {why}")
+    try:
+        return c.parse_ps(body, model)
+    except (ValueError, AttributeError, TypeError):
+        fail(f"GET {base}/api/ps: not a list of loaded models: {body[:80]!r}")
+
+
+def _gpu_memory(target: Target) -> dict[str, tuple[int, int]] | None:
+    if _run(target, "command -v nvidia-smi").rc != 0:
+        return None
+    query = "nvidia-smi --query-gpu=index,uuid,memory.used --format=csv,noheader,nounits"
+    seen = _run(target, query)
+    if seen.rc != 0:
+        fail(f"{query} failed: {seen.stderr.strip() or seen.stdout.strip()}")
+    return c.parse_memory_used(seen.stdout)

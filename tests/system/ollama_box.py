@@ -61,6 +61,7 @@ def standin_gpus(rig_name: str) -> str:
             "name": g.name,
             "pci_bus_id": g.pci_bus_id,
             "memory_total_mib": g.memory_total_bytes // 2**20,
+            "memory_idle_mib": (g.memory_used_bytes or 0) // 2**20,
             "driver_version": rig.host.driver_version,
             "power": {
                 "default_w": g.power.default_w,
@@ -73,8 +74,32 @@ def standin_gpus(rig_name: str) -> str:
     return json.dumps(gpus, indent=2)
 
 
+# The GGUF facts the Ollama stand-in's scheduler loads by (its PredictServerVRAM and layer
+# split), per model as Ollama's registry ships it: the file size of the default q4_K_M tag
+# (ollama.com/library, the blob's size) and the shape from the GGUF header (config.json).
+GGUF_FACTS = {
+    "qwen2.5:32b": {  # Qwen/Qwen2.5-32B-Instruct: 64 layers, 40 heads, 8 KV heads
+        "file_bytes": 19_851_336_256,
+        "block_count": 64,
+        "embedding_length": 5120,
+        "head_count": 40,
+        "head_count_kv": 8,
+        "context_length": 32768,
+    },
+    "llama3.1:8b": {  # meta-llama/Llama-3.1-8B-Instruct: 32 layers, 32 heads, 8 KV heads
+        "file_bytes": 4_920_739_232,
+        "block_count": 32,
+        "embedding_length": 4096,
+        "head_count": 32,
+        "head_count_kv": 8,
+        "context_length": 131072,
+    },
+}
+
+
 def dress(container: Container, rig_name: str) -> None:
     """Make the stand-ins report the recorded rig's GPUs and Ollama version."""
     container.put("/etc/nvidia-smi-standin/gpus.json", standin_gpus(rig_name))
+    container.put("/etc/ollama-standin/gguf.json", json.dumps(GGUF_FACTS, indent=2))
     version = load_rig(RIGS / f"{rig_name}.yaml").host.runtimes.get("ollama")
     container.put("/etc/ollama-standin/version", f"{version or '0.30.0'}\n")

@@ -34,6 +34,7 @@ from tests.system.testinfra_nsenter import nsenter_host
 
 RIG_2X3090 = "synthetic-2x3090-x16-x8"
 RIG_4090_3090 = "synthetic-4090-3090"
+RIG_2X3090_OLLAMA_030 = "synthetic-2x3090-downtrained"  # Ollama 0.30.2: its scheduler modelled
 GPU0_3090 = "GPU-3b6f2c1e-8d4a-4f1b-9c2e-5a7d9e1f0a01"
 GPU1_3090 = "GPU-7c1d9a4b-2e6f-4a8c-b1d3-9f0e2c4a6b02"
 
@@ -125,8 +126,8 @@ class Box:
         rig = ("--rig", "/root/rig.yaml", "--profile", profile or self.profile)
         return self.provision("apply", "--yes", *rig, *extra)
 
-    def verify(self) -> tuple[int, dict[str, Any]]:
-        result = self.provision("verify", "--json")
+    def verify(self, *extra: str) -> tuple[int, dict[str, Any]]:
+        result = self.provision("verify", "--json", *extra)
         assert result.returncode in (0, 1), result.stdout + result.stderr
         return result.returncode, json.loads(result.stdout)
 
@@ -212,14 +213,20 @@ def test_replicas_behind_nginx_on_2x3090(make_box: Callable[[str, str], Box]) ->
     assert env_of(box, 11436)["CUDA_VISIBLE_DEVICES"] == GPU1_3090
     report = assert_verified(box)
     assert ids(report) == REPLICA_CHECKS
+    nginx = next(c["detail"] for c in report["checks"] if c["id"] == "nginx:127.0.0.1:11434")
+    assert nginx.endswith(
+        "each replica answered through it (127.0.0.1:11435 x2, 127.0.0.1:11436 x2)"
+    )
 
     box.run("sh", "-c", f"echo '# tuned by hand' >> {NGINX_SITE}")
     box.run("systemctl", "disable", "ollama@0.service")
     box.run("systemctl", "stop", "ollama@1.service")
     code, report = box.verify()
     assert code == 1
-    # nginx retries the stopped replica's request on the other one: the balancer still answers
+    # nginx retries the stopped replica's requests on the other one: the balancer still
+    # answers, but its header shows that ollama@1 answered none of them
     assert set(failures(report)) == {
+        "nginx:127.0.0.1:11434",
         f"file:{NGINX_SITE}",
         "unit:ollama@0.service",
         "unit:ollama@1.service",
@@ -228,6 +235,9 @@ def test_replicas_behind_nginx_on_2x3090(make_box: Callable[[str, str], Box]) ->
         "ollama:127.0.0.1:11436",
     }
     assert failures(report)["unit:ollama@1.service"].startswith("enabled but not active")
+    assert failures(report)["nginx:127.0.0.1:11434"].startswith(
+        "127.0.0.1:11436 answered none of 4 requests (127.0.0.1:11435 x4)"
+    )
 
     repaired = box.apply()
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
@@ -598,3 +608,48 @@ def test_the_model_name_stays_when_ctx_changes(make_box: Callable[[str, str], Bo
     assert box.diff() == 0
     assert show(box, "mine") is not None  # the user's own model: never removed
     assert show(box, "llama3.1:8b") is not None  # the base it pulled stays too
+
+
+# --- the plan against the loaded models (verify --loaded) ------------------------------------
+
+LOADED_32B = "loaded:ollama.service/qwen2.5:32b-provision"
+LOADED_8B = "loaded:ollama.service/llama3.1:8b-provision"
+PS_URL = "http://127.0.0.1:11434/api/ps"
+
+
+def test_loaded_models_sit_where_planned_and_not_without_the_lever(
+    make_box: Callable[[str, str], Box],
+) -> None:
+    """qwen2.5:32b fits one 3090 by the plan but not by Ollama's 80% rule, so Ollama alone would
+    spread it over both cards: the plan pins it with PARAMETER main_gpu 0. The stand-in loads by
+    its own reading of Ollama's scheduler; verify --loaded measures where each model sits."""
+    box = make_box(RIG_2X3090_OLLAMA_030, "ollama-auto")
+    box.converge()
+    assert "PARAMETER main_gpu 0" in box.container.get(MODELFILE_32B)
+    code, report = box.verify("--loaded")
+    assert code == 0, failures(report)
+    assert ids(report) == AUTO_CHECKS | {LOADED_32B, LOADED_8B}
+    details = {c["id"]: c["detail"] for c in report["checks"]}
+    assert details[LOADED_32B].startswith("on GPU 0 as planned: GPU 0 "), details[LOADED_32B]
+    assert details[LOADED_8B].startswith("on GPU 1 as planned: GPU 1 "), details[LOADED_8B]
+    ps = box.run(
+        "python3", "-c", f"import urllib.request as u; print(u.urlopen('{PS_URL}').read())"
+    )
+    assert (
+        "qwen2.5:32b-provision" in ps.stdout and "llama3.1:8b-provision" in ps.stdout
+    )  # kept alive
+
+    # The lever removed: the same model created from a Modelfile without main_gpu.
+    unpinned = box.container.get(MODELFILE_32B).replace("PARAMETER main_gpu 0\n", "")
+    box.container.put("/root/unpinned.Modelfile", unpinned)
+    created = box.run("ollama", "create", "qwen2.5:32b-provision", "-f", "/root/unpinned.Modelfile")
+    assert created.returncode == 0, created.stderr
+    code, report = box.verify("--loaded")
+    assert code == 1
+    failed = failures(report)
+    assert set(failed) == {LOADED_32B}, failed
+    assert failed[LOADED_32B].startswith("on GPU 0, GPU 1, planned GPU 0: "), failed[LOADED_32B]
+    # the 8B stayed loaded on GPU 1, so the spread 32B left GPU 1 less room: reloaded, the 8B
+    # goes back to GPU 1, where it was planned
+    plain = box.provision("verify", "--loaded")
+    assert "FAIL loaded ollama.service/qwen2.5:32b-provision: on GPU 0, GPU 1" in plain.stdout
