@@ -9,7 +9,6 @@ instead of rendering one from --rig and --profile: a testing and automation aid 
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from provision.change.actions import Action, Plan, describe
 from provision.change.host import Host
 from provision.change.observe import observe
 from provision.change.plan import make_plan
+from provision.cli import envelope
 from provision.cli.options import (
     SECONDS,
     desired_options,
@@ -53,10 +53,9 @@ def print_warnings(warnings: tuple[str, ...]) -> None:
         click.echo(f"warning: {warning}", err=True)
 
 
-def plan_to_plain(plan: Plan, host: Host, warnings: tuple[str, ...] = ()) -> dict[str, Any]:
+def plan_to_plain(plan: Plan, host: Host) -> dict[str, Any]:
+    """The body of diff's (and apply --dry-run's) document; the warnings go in the envelope."""
     return {
-        "schema": 1,
-        "warnings": list(warnings),
         "root": str(host.root),
         "mode": "live" if host.live else "offline",
         "in_sync": plan.in_sync,
@@ -161,7 +160,7 @@ def diff(
     host = Host.at(root)
     plan = make_plan(desired, observe(host, desired))
     if as_json:
-        click.echo(json.dumps(plan_to_plain(plan, host, warnings), indent=2))
+        envelope.emit(plan_to_plain(plan, host), warnings=warnings)
     else:
         print_warnings(warnings)
         print_plan(plan, host, verbose)
@@ -201,7 +200,6 @@ def _outcome_to_plain(outcome: Outcome | None, host: Host, plan: Plan) -> dict[s
     done = outcome.done if outcome else ()
     skipped = outcome.skipped if outcome else ()
     return {
-        "schema": 1,
         "root": str(host.root),
         "mode": "live" if host.live else "offline",
         "changed": bool(done),
@@ -254,9 +252,11 @@ def apply(
     host = Host.at(root)
     # Before anything else, and before the confirmation: what the plan warns about.
     print_warnings(warnings)
+    if as_json:
+        envelope.warn(warnings)
     if dry_run:
         plan = make_plan(desired, observe(host, desired))
-        _show(plan, host, as_json, verbose, force, warnings)
+        _show(plan, host, as_json, verbose, force)
         _refused_anyway(plan)
         if not as_json:
             click.echo("dry run: nothing was changed")
@@ -278,11 +278,9 @@ def apply(
     _done(outcome, host, plan, as_json)
 
 
-def _show(
-    plan: Plan, host: Host, as_json: bool, verbose: bool, force: bool, warnings: tuple[str, ...]
-) -> None:
+def _show(plan: Plan, host: Host, as_json: bool, verbose: bool, force: bool) -> None:
     if as_json:
-        click.echo(json.dumps(plan_to_plain(plan, host, warnings), indent=2))
+        envelope.emit(plan_to_plain(plan, host))
     else:
         print_plan(plan, host, verbose, force)
 
@@ -294,7 +292,7 @@ def _ask(yes: bool, question: str) -> None:
 
 def _done(outcome: Outcome | None, host: Host, plan: Plan, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(_outcome_to_plain(outcome, host, plan), indent=2))
+        envelope.emit(_outcome_to_plain(outcome, host, plan))
     elif outcome is None:
         click.echo(f"in sync: nothing to do under {host.root}")
     else:
@@ -330,7 +328,7 @@ def rollback(
         stamps = {s: rolled_back(host, s) for s in list_backups(host)}
         if as_json:
             listing = [{"backup": s, "rolled_back": r} for s, r in stamps.items()]
-            click.echo(json.dumps(listing, indent=2))
+            envelope.emit({"backups": listing})
         else:
             lines = [
                 f"{s}  (apply failed and was rolled back)" if r else s for s, r in stamps.items()

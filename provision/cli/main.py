@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from provision import __version__
+from provision.cli import envelope
 from provision.errors import ExitCode, ProvisionError
 
 # command name -> (module, function): in the order `provision --help` lists them.
@@ -47,7 +48,8 @@ def _say(label: str, text: str) -> None:
 
 class _Group(click.Group):
     """Loads commands on demand; expected errors become `error:` / `hint:` lines and their exit
-    code, and `--debug` re-raises them."""
+    code, and `--debug` re-raises them. Under `--json` it prints the command's document when
+    the command ends, with the error that ended it (provision.cli.envelope)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -62,14 +64,45 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+        except click.exceptions.Exit:  # diff and verify exit 1 with their document
+            _print_document(ctx, None)
+            raise
         except ProvisionError as exc:
             if ctx.params.get("debug"):
                 raise
             _say("error", exc.message)
             if exc.hint:
                 _say("hint", exc.hint)
+            _print_document(ctx, exc)
             ctx.exit(int(exc.exit_code))
+        _print_document(ctx, None)
+        return result
+
+
+def _print_document(ctx: click.Context, error: ProvisionError | None) -> None:
+    document = envelope.finish(ctx, error)
+    if document is not None:
+        click.echo(document)
+
+
+def _json_wanted(args: list[str]) -> bool:
+    """Whether a run that click stopped (a usage error) asked for `--json`: the option's
+    callback may not have run yet, so the arguments are read as given."""
+    return "--json" in args[: args.index("--")] if "--" in args else "--json" in args
+
+
+def _click_error(exc: click.ClickException, message: str, hint: str | None, status: int) -> None:
+    """A run click stopped: `error:` and `hint:` lines, and under --json the document."""
+    _say("error", message)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
+    if _json_wanted(sys.argv[1:]):
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.info_name if ctx and ctx.command is not cli else None
+        error = envelope.error_to_plain(message, hint, status)
+        click.echo(envelope.dumps(envelope.envelope(command, None, errors=[error])))
+    sys.exit(status)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,13 +121,11 @@ def main() -> None:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
-        _say("error", exc.format_message())
         where = exc.ctx.command_path if exc.ctx else "provision"
-        click.echo(f"hint: '{where} --help' lists the options", err=True)
-        sys.exit(exc.exit_code)
+        hint = f"'{where} --help' lists the options"
+        _click_error(exc, exc.format_message(), hint, exc.exit_code)
     except click.ClickException as exc:
-        _say("error", exc.format_message())
-        sys.exit(exc.exit_code)
+        _click_error(exc, exc.format_message(), None, exc.exit_code)
     except click.Abort as exc:
         if isinstance(exc.__context__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
             click.echo("interrupted", err=True)
