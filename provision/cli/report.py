@@ -1,7 +1,7 @@
 """What the terminal shows: the probe table and traits, a fit, a placement, memory bars. Pure.
 
-Each function returns a string (people) or a plain dict (the `--json` documents); the commands
-in provision.cli.main print them.
+Each function returns a string (people) or a plain dict (the body of a `--json` document, which
+provision.cli.envelope wraps and prints); the commands print the strings.
 """
 
 from __future__ import annotations
