@@ -16,11 +16,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 
 from provision.cli import envelope
+from provision.cli import main as main_module
 from provision.cli.main import cli
 from provision.desired import DesiredFile
 from provision.errors import ExitCode
@@ -31,7 +33,7 @@ from provision.models.estimate import KvType, Runtime
 from provision.placement.fit import Verdict
 from provision.placement.profile import bundled_names
 from provision.units import gib
-from tests.helpers import ALL_RIG_FILES, TESTS_DIR, rig_file, run_provision
+from tests.helpers import ALL_RIG_FILES, REPO_ROOT, TESTS_DIR, rig_file, run_provision
 from tests.json_contract import (
     COMMANDS,
     JSON_DOC,
@@ -250,6 +252,45 @@ def test_a_usage_error_under_json_is_a_document(args: tuple[str, ...], command: 
     assert_valid(document, command)
     assert document["command"] == command and document["errors"][0]["exit_code"] == 2
     assert "hint: '" in result.stderr and "--help' lists the options" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("raised", "message", "status"),
+    [
+        (click.Abort(), "aborted: nothing was changed", 1),  # a declined confirmation
+        (KeyboardInterrupt(), "interrupted", 3),
+    ],
+)
+def test_a_run_stopped_by_the_operator_is_a_document(
+    raised: BaseException,
+    message: str,
+    status: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def stop(*args: object, **kwargs: object) -> None:
+        raise raised
+
+    monkeypatch.setattr(main_module.cli, "main", stop)
+    monkeypatch.setattr("sys.argv", ["provision", "apply", "--rig", SAMPLE_RIG, "--json"])
+    with pytest.raises(SystemExit) as exited:
+        main_module.main()
+    assert exited.value.code == status
+    out, err = capsys.readouterr()
+    document = json.loads(out)
+    assert_valid(document, "apply")
+    assert document["command"] == "apply"
+    assert document["errors"] == [envelope.error_to_plain(message, None, status)]
+    assert message in err
+
+
+def test_only_the_envelope_prints_documents() -> None:
+    """A command that printed its own json.dumps would bypass the envelope, and print a second
+    document after an error."""
+    for path in sorted((REPO_ROOT / "provision" / "cli").glob("*.py")):
+        if path.name in ("envelope.py", "options.py"):  # options: desired_to_json, a file
+            continue
+        assert "json.dumps" not in path.read_text(), f"{path.name}: use envelope.emit"
 
 
 def test_a_command_that_prints_then_fails_prints_one_document(tmp_path: Path) -> None:

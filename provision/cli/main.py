@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import re
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -86,23 +86,31 @@ def _print_document(ctx: click.Context, error: ProvisionError | None) -> None:
         click.echo(document)
 
 
-def _json_wanted(args: list[str]) -> bool:
-    """Whether a run that click stopped (a usage error) asked for `--json`: the option's
-    callback may not have run yet, so the arguments are read as given."""
-    return "--json" in args[: args.index("--")] if "--" in args else "--json" in args
+def _json_document(message: str, hint: str | None, status: int) -> None:
+    """Under `--json`, a run that click stopped (a usage error, a declined confirmation, Ctrl-C)
+    still answers with a document. The option's callback may not have run yet, so the command
+    line is read as given: `--json` before any `--`, the first word that names a command."""
+    args = sys.argv[1:]
+    options = args[: args.index("--")] if "--" in args else args
+    if "--json" not in options:
+        return
+    command = next((a for a in options if a in COMMANDS), None)
+    error = envelope.error_to_plain(message, hint, status)
+    click.echo(envelope.dumps(envelope.envelope(command, None, errors=[error])))
 
 
-def _click_error(exc: click.ClickException, message: str, hint: str | None, status: int) -> None:
-    """A run click stopped: `error:` and `hint:` lines, and under --json the document."""
+def _click_error(message: str, hint: str | None, status: int) -> NoReturn:
     _say("error", message)
     if hint:
         click.echo(f"hint: {hint}", err=True)
-    if _json_wanted(sys.argv[1:]):
-        ctx = getattr(exc, "ctx", None)
-        command = ctx.info_name if ctx and ctx.command is not cli else None
-        error = envelope.error_to_plain(message, hint, status)
-        click.echo(envelope.dumps(envelope.envelope(command, None, errors=[error])))
+    _json_document(message, hint, status)
     sys.exit(status)
+
+
+def _interrupted() -> NoReturn:
+    click.echo("interrupted", err=True)
+    _json_document("interrupted", None, int(ExitCode.HOST_ERROR))
+    sys.exit(int(ExitCode.HOST_ERROR))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -122,17 +130,15 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx else "provision"
-        hint = f"'{where} --help' lists the options"
-        _click_error(exc, exc.format_message(), hint, exc.exit_code)
+        _click_error(exc.format_message(), f"'{where} --help' lists the options", exc.exit_code)
     except click.ClickException as exc:
-        _click_error(exc, exc.format_message(), None, exc.exit_code)
+        _click_error(exc.format_message(), None, exc.exit_code)
     except click.Abort as exc:
         if isinstance(exc.__context__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
-            click.echo("interrupted", err=True)
-            sys.exit(int(ExitCode.HOST_ERROR))
+            _interrupted()
         click.echo("aborted: nothing was changed", err=True)
+        _json_document("aborted: nothing was changed", None, 1)
         sys.exit(1)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(int(ExitCode.HOST_ERROR))
+        _interrupted()
     sys.exit(status if isinstance(status, int) else 0)
