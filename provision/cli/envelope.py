@@ -8,8 +8,9 @@ ended, with the error that ended it, so that stdout carries exactly one document
 command succeeded, stopped after printing (diff refusing a target, fit with an unknown KV
 cache) or stopped before (a missing --rig). The schemas are provision/data/json-schema/.
 
-The state lives in click's `Context.meta`, shared by the group's context and the command's: it
-is built during one run and read once at its end.
+`error_to_plain`, `envelope` and `dumps` are pure. The rest is not: a run's document is built in
+click's `Context.meta` (shared by the group's context and the command's) and read once, at the
+end of that run.
 """
 
 from __future__ import annotations
