@@ -9,7 +9,6 @@ instead of rendering one from --rig and --profile: a testing and automation aid 
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from provision.change.actions import Action, Plan, describe
 from provision.change.host import Host
 from provision.change.observe import observe, stock_ollama_store
 from provision.change.plan import make_plan
+from provision.cli import envelope
 from provision.cli.options import (
     SECONDS,
     desired_options,
@@ -67,10 +67,9 @@ def print_warnings(warnings: tuple[str, ...]) -> None:
         echo(f"warning: {warning}", err=True)
 
 
-def plan_to_plain(plan: Plan, host: Host, warnings: tuple[str, ...] = ()) -> dict[str, Any]:
+def plan_to_plain(plan: Plan, host: Host) -> dict[str, Any]:
+    """The body of diff's (and apply --dry-run's) document; the warnings go in the envelope."""
     return {
-        "schema": 1,
-        "warnings": [*warnings, *plan.warnings],
         "root": str(host.root),
         "mode": "live" if host.live else "offline",
         "in_sync": plan.in_sync,
@@ -190,7 +189,7 @@ def diff(
     )
     plan = make_plan(desired, observe(host, desired))
     if as_json:
-        echo(json.dumps(plan_to_plain(plan, host, warnings), indent=2))
+        envelope.emit(plan_to_plain(plan, host), warnings=(*warnings, *plan.warnings))
     else:
         print_warnings((*warnings, *plan.warnings))
         print_plan(plan, host, verbose)
@@ -230,7 +229,6 @@ def _outcome_to_plain(outcome: Outcome | None, host: Host, plan: Plan) -> dict[s
     done = outcome.done if outcome else ()
     skipped = outcome.skipped if outcome else ()
     return {
-        "schema": 1,
         "root": str(host.root),
         "mode": "live" if host.live else "offline",
         "changed": bool(done),
@@ -285,11 +283,14 @@ def apply(
     )
     # Before anything else, and before the confirmation: what the plan warns about.
     print_warnings(warnings)
+    if as_json:
+        envelope.warn(warnings)
     if dry_run:
         plan = make_plan(desired, observe(host, desired))
-        if not as_json:
-            print_warnings(plan.warnings)
-        _show(plan, host, as_json, verbose, force, warnings)
+        print_warnings(plan.warnings)  # stderr: the --json document stays alone on stdout
+        if as_json:
+            envelope.warn(plan.warnings)
+        _show(plan, host, as_json, verbose, force)
         _refused_anyway(plan)
         if not as_json:
             echo("dry run: nothing was changed")
@@ -300,6 +301,8 @@ def apply(
     with locked(host, lock_timeout, report):
         plan = make_plan(desired, observe(host, desired))
         print_warnings(plan.warnings)  # stderr: the --json document stays alone on stdout
+        if as_json:
+            envelope.warn(plan.warnings)
         if plan.in_sync:
             if not as_json:  # nothing to apply, but the host does not run what was planned
                 print_overrides(plan, force=True)
@@ -315,11 +318,9 @@ def apply(
     _done(outcome, host, plan, as_json)
 
 
-def _show(
-    plan: Plan, host: Host, as_json: bool, verbose: bool, force: bool, warnings: tuple[str, ...]
-) -> None:
+def _show(plan: Plan, host: Host, as_json: bool, verbose: bool, force: bool) -> None:
     if as_json:
-        echo(json.dumps(plan_to_plain(plan, host, warnings), indent=2))
+        envelope.emit(plan_to_plain(plan, host))
     else:
         print_plan(plan, host, verbose, force)
 
@@ -331,7 +332,7 @@ def _ask(yes: bool, question: str) -> None:
 
 def _done(outcome: Outcome | None, host: Host, plan: Plan, as_json: bool) -> None:
     if as_json:
-        echo(json.dumps(_outcome_to_plain(outcome, host, plan), indent=2))
+        envelope.emit(_outcome_to_plain(outcome, host, plan))
     elif outcome is None:
         echo(f"in sync: nothing to do under {host.root}")
     else:
@@ -391,7 +392,7 @@ def rollback(
     if dry_run:
         backup = load_backup(host, stamp)
         plan = rollback_plan(host, backup)
-        _show(plan, host, as_json, verbose=False, force=True, warnings=())
+        _show(plan, host, as_json, verbose=False, force=True)
         if not as_json:
             echo(f"dry run: nothing was changed (would restore backup {backup.stamp})")
         ctx.exit(int(ExitCode.OK if not plan.actions else ExitCode.CHANGES_PENDING))
@@ -430,6 +431,6 @@ def _list_backups(host: Host, as_json: bool) -> None:
             }
             for e in entries
         ]
-        echo(json.dumps(listing, indent=2))
+        envelope.emit({"backups": listing})
     else:
         echo("\n".join(e.line() for e in entries) or "no backups")

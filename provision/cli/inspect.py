@@ -6,15 +6,21 @@ document with `--json`.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import click
 
 from provision import ollama
+from provision.cli import envelope
 from provision.cli.options import json_option, profile_option, read_rig, rig_options
-from provision.cli.report import fit_text, fit_to_plain, placement_text, placement_to_plain
+from provision.cli.report import (
+    catalog_to_plain,
+    fit_text,
+    fit_to_plain,
+    placement_text,
+    placement_to_plain,
+)
 from provision.cli.terminal import echo
 from provision.errors import InputError, ProfileFieldError
 from provision.models import catalog
@@ -76,7 +82,7 @@ def fit(
     legacy = runtime == "ollama" and ollama.is_legacy_ollama(rig.host.runtimes.get("ollama"))
     result = fit_model(rig, spec, settings, legacy)
     if as_json:
-        echo(json.dumps(fit_to_plain(result), indent=2))
+        envelope.emit(fit_to_plain(result), warnings=warnings)
     else:
         echo(fit_text(result))
     if not spec.kv_known:
@@ -117,14 +123,18 @@ def plan(
         ollama_store=store,
     )
     if as_json:
-        echo(json.dumps(placement_to_plain(placement, desired), indent=2))
+        envelope.emit(placement_to_plain(placement, desired), warnings=placement.warnings)
     else:
         echo(placement_text(placement, desired))
 
 
 @click.command()
-def models() -> None:
+@json_option
+def models(as_json: bool) -> None:
     """List the bundled catalog of Ollama library models usable before a pull."""
+    if as_json:
+        envelope.emit(catalog_to_plain({n: catalog.variants(n) for n in catalog.names()}))
+        return
     for name in catalog.names():
         quants = ", ".join(v.quant for v in catalog.variants(name))
         echo(f"{name:<22} {quants}")

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from provision import __version__
+from provision.cli import envelope
 from provision.cli.terminal import say
 from provision.errors import ExitCode, ProvisionError
 
@@ -33,7 +34,8 @@ COMMANDS = {
 
 class _Group(click.Group):
     """Loads commands on demand; expected errors become `error:` / `hint:` lines and their exit
-    code, and `--debug` re-raises them."""
+    code, and `--debug` re-raises them. Under `--json` it prints the command's document when
+    the command ends, with the error that ended it (provision.cli.envelope)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -48,14 +50,53 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+        except click.exceptions.Exit:  # diff and verify exit 1 with their document
+            _print_document(ctx, None)
+            raise
         except ProvisionError as exc:
             if ctx.params.get("debug"):
                 raise
             say("error", exc.message)
             if exc.hint:
                 say("hint", exc.hint)
+            _print_document(ctx, exc)
             ctx.exit(int(exc.exit_code))
+        _print_document(ctx, None)
+        return result
+
+
+def _print_document(ctx: click.Context, error: ProvisionError | None) -> None:
+    document = envelope.finish(ctx, error)
+    if document is not None:
+        click.echo(document)
+
+
+def _json_document(message: str, hint: str | None, status: int) -> None:
+    """Under `--json`, a run that click stopped (a usage error, a declined confirmation, Ctrl-C)
+    still answers with a document. The option's callback may not have run yet, so the command
+    line is read as given: `--json` before any `--`, the first word that names a command."""
+    args = sys.argv[1:]
+    options = args[: args.index("--")] if "--" in args else args
+    if "--json" not in options:
+        return
+    command = next((a for a in options if a in COMMANDS), None)
+    error = envelope.error_to_plain(message, hint, status)
+    click.echo(envelope.dumps(envelope.envelope(command, None, errors=[error])))
+
+
+def _click_error(message: str, hint: str | None, status: int) -> NoReturn:
+    say("error", message)
+    if hint:
+        say("hint", hint)
+    _json_document(message, hint, status)
+    sys.exit(status)
+
+
+def _interrupted() -> NoReturn:
+    click.echo("interrupted", err=True)
+    _json_document("interrupted", None, int(ExitCode.HOST_ERROR))
+    sys.exit(int(ExitCode.HOST_ERROR))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,20 +115,16 @@ def main() -> None:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
-        say("error", exc.format_message())
         where = exc.ctx.command_path if exc.ctx else "provision"
-        click.echo(f"hint: '{where} --help' lists the options", err=True)
-        sys.exit(exc.exit_code)
+        _click_error(exc.format_message(), f"'{where} --help' lists the options", exc.exit_code)
     except click.ClickException as exc:
-        say("error", exc.format_message())
-        sys.exit(exc.exit_code)
+        _click_error(exc.format_message(), None, exc.exit_code)
     except click.Abort as exc:
         if isinstance(exc.__context__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
-            click.echo("interrupted", err=True)
-            sys.exit(int(ExitCode.HOST_ERROR))
+            _interrupted()
         click.echo("aborted: nothing was changed", err=True)
+        _json_document("aborted: nothing was changed", None, 1)
         sys.exit(1)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(int(ExitCode.HOST_ERROR))
+        _interrupted()
     sys.exit(status if isinstance(status, int) else 0)

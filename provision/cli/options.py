@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from provision.cli import envelope
 from provision.desired import DesiredState, DesiredUnit
 from provision.documents import load_json, read_document
 from provision.errors import InputError
@@ -72,7 +73,14 @@ def rig_options(func: F) -> F:
 
 
 def json_option(func: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")(func)
+    """`--json`: one document on stdout (docs/JSON.md), errors included."""
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        callback=envelope.requested,
+        help="Print one JSON document (docs/JSON.md), errors included.",
+    )(func)
 
 
 def profile_option(func: F) -> F:

@@ -5,11 +5,11 @@ A module of its own so that `probe` loads only the hardware stage: no placement,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from provision.cli import envelope
 from provision.cli.options import json_option, read_rig, rig_options
 from provision.cli.report import probe_report
 from provision.cli.terminal import echo
@@ -51,9 +51,10 @@ def probe(
         except OSError as exc:
             raise HostError(f"{save}: cannot write snapshot: {exc.strerror}") from None
     if as_json:
-        document = rig_to_plain(rig)
-        document["traits"] = to_plain(traits.traits)
-        echo(json.dumps(document, indent=2))
+        # The snapshot itself (`--rig` reads this document back), with the derived traits.
+        body = rig_to_plain(rig)
+        body["traits"] = to_plain(traits.traits)
+        envelope.emit(body, warnings=[t.reason for t in traits.warnings])
     elif save is None:
         echo(probe_report(rig, traits))
     else:

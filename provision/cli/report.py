@@ -1,12 +1,12 @@
 """What the terminal shows: the probe table and traits, a fit, a placement, memory bars. Pure.
 
-Each function returns a string (people) or a plain dict (the `--json` documents); the commands
-in provision.cli.main print them.
+Each function returns a string (people) or a plain dict (the body of a `--json` document, which
+provision.cli.envelope wraps and prints); the commands print the strings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from provision.hardware.classify import RigTraits, Severity, normalize_bus_id, short_name
@@ -16,8 +16,10 @@ from provision.units import gib
 
 if TYPE_CHECKING:
     from provision.desired import DesiredState
-    from provision.placement.decisions import Placement
-    from provision.placement.fit import FitResult
+    from provision.models.catalog import QuantVariant
+    from provision.models.estimate import RunSettings
+    from provision.placement.decisions import ModelPlacement, Placement
+    from provision.placement.fit import FitResult, GpuShare
 
 _HEADERS = ("#", "NAME", "VRAM", "USED", "CC", "PCIE NOW/MAX", "NVLINK PEERS", "POWER", "DISPLAY")
 
@@ -137,36 +139,48 @@ def memory_bar(parts: Sequence[int], free_bytes: int, width: int = BAR_WIDTH) ->
 # --- fit ---------------------------------------------------------------------------------------
 
 
+def gpu_ref(gpu: Gpu) -> dict[str, Any]:
+    """A GPU wherever a document names one: the `gpu_ref` of docs/JSON.md."""
+    return {"index": gpu.index, "uuid": gpu.uuid, "name": gpu.name}
+
+
+_MEMORY_KEYS = ("weights_bytes", "kv_bytes", "compute_bytes", "overhead_bytes")
+
+
+def _memory(gpu: Gpu, parts: Sequence[int], free_bytes: int) -> dict[str, Any]:
+    """`gpu_memory`: what is held on a GPU, by kind, and what it has free."""
+    held = dict(zip(_MEMORY_KEYS, parts, strict=True))
+    return gpu_ref(gpu) | held | {"total_bytes": sum(parts), "free_bytes": free_bytes}
+
+
+def share_to_plain(share: GpuShare) -> dict[str, Any]:
+    """`gpu_share`: one model's layers and bytes on one GPU (fit's `gpus`, plan's `per_gpu`)."""
+    f = share.footprint
+    parts = (f.weights_bytes, f.kv_bytes, f.compute_bytes, f.overhead_bytes)
+    plain = _memory(share.gpu, parts, share.free_bytes)
+    # A vision projector (first GPU only) is held apart: the plan's bars count it as weights.
+    held = {"projector_bytes": f.projector_bytes, "total_bytes": f.total_bytes}
+    return {**plain, **held, "layers": len(f.layers), "holds_output": f.holds_output}
+
+
+def settings_to_plain(settings: RunSettings) -> dict[str, Any]:
+    """`run_settings`: what a model runs with (fit's and plan's `settings`)."""
+    return {
+        "runtime": settings.runtime.value,
+        "ctx": settings.ctx_tokens,
+        "parallel": settings.parallel,
+        "kv_type": settings.kv_type.value,
+        "flash_attention": settings.flash_attention,
+        "ubatch": settings.ubatch,
+    }
+
+
 def fit_to_plain(result: FitResult) -> dict[str, Any]:
-    spec, settings = result.model, result.settings
-    gpus = [
-        {
-            "index": s.gpu.index,
-            "uuid": s.gpu.uuid,
-            "name": s.gpu.name,
-            "layers": len(s.footprint.layers),
-            "holds_output": s.footprint.holds_output,
-            "weights_bytes": s.footprint.weights_bytes,
-            "kv_bytes": s.footprint.kv_bytes,
-            "compute_bytes": s.footprint.compute_bytes,
-            "overhead_bytes": s.footprint.overhead_bytes,
-            "projector_bytes": s.footprint.projector_bytes,
-            "total_bytes": s.footprint.total_bytes,
-            "free_bytes": s.free_bytes,
-        }
-        for s in result.shares
-    ]
+    spec = result.model
+    gpus = [share_to_plain(s) for s in result.shares]
     totals = {
-        key: sum(g[key] for g in gpus)  # type: ignore[misc]
-        for key in (
-            "weights_bytes",
-            "kv_bytes",
-            "compute_bytes",
-            "overhead_bytes",
-            "projector_bytes",
-            "total_bytes",
-            "free_bytes",
-        )
+        key: sum(g[key] for g in gpus)
+        for key in (*_MEMORY_KEYS, "projector_bytes", "total_bytes", "free_bytes")
     }
     return {
         "model": spec.name,
@@ -174,14 +188,7 @@ def fit_to_plain(result: FitResult) -> dict[str, Any]:
         "architecture": spec.architecture,
         "quant": spec.quant,
         "n_layer": spec.n_layer,
-        "settings": {
-            "runtime": settings.runtime.value,
-            "ctx": settings.ctx_tokens,
-            "parallel": settings.parallel,
-            "kv_type": settings.kv_type.value,
-            "flash_attention": settings.flash_attention,
-            "ubatch": settings.ubatch,
-        },
+        "settings": settings_to_plain(result.settings),
         "verdict": result.verdict.value,
         "reason": result.reason,
         "kv_estimate": "known" if spec.kv_known else "unknown",
@@ -227,11 +234,31 @@ def fit_text(result: FitResult) -> str:
     return "\n".join(lines)
 
 
+# --- models ------------------------------------------------------------------------------------
+
+
+def catalog_to_plain(variants: Mapping[str, Sequence[QuantVariant]]) -> dict[str, Any]:
+    """`models --json`: each catalog model and its quants, smallest file first."""
+    return {
+        "models": [
+            {
+                "name": name,
+                "variants": [
+                    {"quant": v.quant, "tag": v.tag, "file_bytes": v.file_bytes} for v in found
+                ],
+            }
+            for name, found in variants.items()
+        ]
+    }
+
+
 # --- placement ---------------------------------------------------------------------------------
 
 
 def placement_to_plain(placement: Placement, desired: DesiredState) -> dict[str, Any]:
+    """The plan's body: every number `placement_text` shows (the warnings go in the envelope)."""
     profile = placement.profile
+    gpu_by_uuid = {g.uuid: g for g in placement.rig.gpus}
     return {
         "profile": profile.name,
         "runtime": profile.runtime.value,
@@ -243,6 +270,7 @@ def placement_to_plain(placement: Placement, desired: DesiredState) -> dict[str,
                 "address": i.address,
                 "port": i.port,
                 "gpu_uuids": list(i.gpu_uuids),
+                "gpus": [gpu_ref(gpu_by_uuid[u]) for u in i.gpu_uuids],
                 "env": dict(i.env),
                 "args": list(i.args),
                 "models": list(i.models),
@@ -250,34 +278,10 @@ def placement_to_plain(placement: Placement, desired: DesiredState) -> dict[str,
             }
             for i in placement.instances
         ],
-        "models": [
-            {
-                "name": m.name,
-                "ref": m.entry.ref,
-                "verdict": m.fit.verdict.value,
-                "gpus": list(m.gpu_indices),
-                "gpu_uuids": [s.gpu.uuid for s in m.fit.shares],
-                "layers_per_gpu": list(m.layers_per_gpu),
-                "cpu_layers": len(m.fit.cpu_layers),
-                "num_gpu": m.num_gpu,
-                "main_gpu": m.main_gpu,
-                "ollama_gpus": None if m.ollama_gpus is None else list(m.ollama_gpus),
-                "ollama_reason": m.ollama_reason or None,
-                "ollama_layers_per_gpu": (
-                    None
-                    if m.ollama_shares is None
-                    else [len(s.footprint.layers) for s in m.ollama_shares]
-                ),
-                "units": list(m.units),
-                "reason": m.fit.reason,
-                "suggestions": list(m.fit.suggestions),
-            }
-            for m in placement.models
-        ],
+        "models": [_model_to_plain(m) for m in placement.models],
         "power": [
             {
-                "index": d.index,
-                "uuid": d.uuid,
+                **gpu_ref(placement.rig.gpu(d.index)),
                 "target_w": d.target_w,
                 "default_w": d.default_w,
                 "reason": d.reason,
@@ -287,27 +291,52 @@ def placement_to_plain(placement: Placement, desired: DesiredState) -> dict[str,
         "balancer": to_plain(placement.balancer),
         "disabled_units": list(placement.disabled_units),
         "traits": to_plain(placement.traits.traits),
-        "warnings": list(placement.warnings),
+        "memory": [_memory(gpu, parts, free) for gpu, parts, free in gpu_memory(placement)],
         "files": [f.path for f in desired.files],
     }
 
 
-def _gpu_bars(placement: Placement) -> list[str]:
+def _model_to_plain(m: ModelPlacement) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "ref": m.entry.ref,
+        "verdict": m.fit.verdict.value,
+        "settings": settings_to_plain(m.settings),
+        "gpus": list(m.gpu_indices),
+        "gpu_uuids": [s.gpu.uuid for s in m.fit.shares],
+        "per_gpu": [share_to_plain(s) for s in m.fit.shares],
+        "layers_per_gpu": list(m.layers_per_gpu),
+        "cpu_layers": len(m.fit.cpu_layers),
+        "cpu": {"layers": len(m.fit.cpu_layers), "bytes": m.fit.cpu_bytes},
+        "num_gpu": m.num_gpu,
+        "main_gpu": m.main_gpu,
+        "ollama_gpus": None if m.ollama_gpus is None else list(m.ollama_gpus),
+        "ollama_reason": m.ollama_reason or None,
+        "ollama_layers_per_gpu": (
+            None if m.ollama_shares is None else [len(s.footprint.layers) for s in m.ollama_shares]
+        ),
+        "units": list(m.units),
+        "reason": m.fit.reason,
+        "suggestions": list(m.fit.suggestions),
+    }
+
+
+def gpu_memory(placement: Placement) -> list[tuple[Gpu, list[int], int]]:
+    """Per GPU: the bytes the placed models hold on it (weights, KV, compute, overhead) and
+    what it has usable, as the plan's memory bars and its JSON `memory` show them."""
     from provision.placement.fit import usable_free_bytes  # lazy: `probe` needs no placement
 
     totals: dict[int, list[int]] = {g.index: [0, 0, 0, 0] for g in placement.rig.gpus}
     index_by_uuid = {g.uuid: g.index for g in placement.rig.gpus}
+    # Replicas each hold the whole model on their own GPU.
+    replicas = (
+        [i for i in placement.instances if len(i.gpu_uuids) == 1] if placement.balancer else []
+    )
     for model in placement.models:
         # Where Ollama will not follow the plan and nothing makes it, its placement is shown.
         shares = model.ollama_shares if model.ollama_shares is not None else model.fit.shares
         for share in shares:
             f = share.footprint
-            # Replicas each hold the whole model on their own GPU.
-            replicas = (
-                [i for i in placement.instances if len(i.gpu_uuids) == 1]
-                if (placement.balancer)
-                else []
-            )
             targets = [index_by_uuid[i.gpu_uuids[0]] for i in replicas] or [share.gpu.index]
             for index in targets:
                 for k, value in enumerate(
@@ -319,13 +348,15 @@ def _gpu_bars(placement: Placement) -> list[str]:
                     )
                 ):
                     totals[index][k] += value
+    return [(gpu, totals[gpu.index], usable_free_bytes(gpu)) for gpu in placement.rig.gpus]
+
+
+def _gpu_bars(placement: Placement) -> list[str]:
     lines = [f"  {BAR_LEGEND}"]
     theirs = [m.name for m in placement.models if m.ollama_shares is not None]
     if theirs:
         lines.append(f"  # {', '.join(theirs)}: where Ollama will put them, not the plan")
-    for gpu in placement.rig.gpus:
-        parts = totals[gpu.index]
-        free = usable_free_bytes(gpu)
+    for gpu, parts, free in gpu_memory(placement):
         lines.append(
             f"  GPU {gpu.index} {short_name(gpu):<14} {memory_bar(parts, free)} "
             f"{gib(sum(parts))} / {gib(free)}"

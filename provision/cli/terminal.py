@@ -28,9 +28,13 @@ def echo(text: str = "", err: bool = False) -> None:
     click.echo(printable(text), err=err)
 
 
+def capped(text: str) -> str:
+    """An error's text as long as a person reads (the --json document's too)."""
+    if len(text) > MESSAGE_LIMIT:
+        return f"{text[:MESSAGE_LIMIT]}... ({len(text) - MESSAGE_LIMIT} more characters)"
+    return text
+
+
 def say(label: str, text: str) -> None:
     """One `error:` or `hint:` line on stderr, escaped and capped in length."""
-    shown = printable(text)
-    if len(shown) > MESSAGE_LIMIT:
-        shown = f"{shown[:MESSAGE_LIMIT]}... ({len(shown) - MESSAGE_LIMIT} more characters)"
-    click.echo(f"{label}: {shown}", err=True)
+    click.echo(f"{label}: {capped(printable(text))}", err=True)

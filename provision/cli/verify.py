@@ -12,13 +12,13 @@ unreachable host, else 1.
 
 from __future__ import annotations
 
-import json
 import posixpath
 from pathlib import Path
 from typing import Any
 
 import click
 
+from provision.cli import envelope
 from provision.cli.options import json_option
 from provision.cli.terminal import echo
 from provision.errors import ExitCode, InputError
@@ -94,7 +94,14 @@ def verify(
     counts = summary(results)
     counts["fail"] += len(unverified)
     if as_json:
-        echo(json.dumps(_to_plain(results, targets, unverified, counts), indent=2))
+        envelope.emit(_to_plain(results, targets, unverified, counts))
+        for host in unverified:
+            error = host.error
+            envelope.add_error(
+                envelope.error_to_plain(
+                    error.message, error.hint, int(error.exit_code), host=host.host
+                )
+            )
     else:
         several = len(targets) + len(unverified) > 1
         for result in results:

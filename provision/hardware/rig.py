@@ -135,6 +135,9 @@ class Rig:
         raise KeyError(index)
 
 
+_PROBE_JSON_ONLY = ("traits", "command", "warnings", "errors")
+
+
 @dataclass(frozen=True)
 class _Snapshot:
     schema: int
@@ -151,9 +154,10 @@ def rig_from_plain(data: object) -> Rig:
             f"unsupported snapshot schema {schema!r} "
             f"(this version reads {', '.join(map(str, READABLE_SCHEMAS))})",
         )
-    if isinstance(data, dict) and "traits" in data:
-        # `probe --json` adds the derived traits; they are recomputed, never read back.
-        data = {k: v for k, v in data.items() if k != "traits"}
+    if isinstance(data, dict):
+        # `probe --json` adds the derived traits and the envelope of every --json document
+        # (docs/JSON.md); they are recomputed, never read back.
+        data = {k: v for k, v in data.items() if k not in _PROBE_JSON_ONLY}
     if isinstance(data, dict) and schema == 1:
         data = _upgrade_schema_1(data)
     snapshot = from_plain(_Snapshot, data)
