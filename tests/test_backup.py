@@ -104,7 +104,7 @@ def test_rollback_steps_back_and_lists_one_line_per_backup(root: Path, tmp_path:
     assert lines[2].startswith(f"{stamps[2]}  rollback to before {stamps[1]}: ")
     assert lines[3].startswith(f"{stamps[3]}  rollback to before {stamps[0]}: ")
     assert not any("<- next" in line for line in lines)  # nothing left to step back to
-    listing = json.loads(_rollback(root, "--list", "--json").stdout)
+    listing = json.loads(_rollback(root, "--list", "--json").stdout)["backups"]
     assert [e["backup"] for e in listing] == stamps
     assert listing[2]["undoes"] == stamps[1] and listing[0]["profile"] == str(a)
     assert {"rolled_back", "files", "units", "next_rollback"} <= set(listing[0])
