@@ -198,3 +198,21 @@ def test_legacy_ollama_reserves_its_minimum_per_gpu() -> None:
     old = fit_model(rig, _spec("llama3.1:8b"), ollama, legacy_ollama=True)
     assert old.shares[0].footprint.overhead_bytes >= 457 * 1024**2
     assert old.shares[0].footprint.overhead_bytes >= new.shares[0].footprint.overhead_bytes
+
+
+def test_no_quantized_kv_cache_is_suggested_where_ollama_keeps_flash_attention_off() -> None:
+    """A q8_0 or q4_0 cache needs flash attention; Ollama does not enable it on a K80 (CC 3.7,
+    ml/device.go), so suggesting one would be a suggestion the plan then refuses."""
+    rig = load_named_rig("synthetic-2xk80")
+    spec = _spec("llama3.1:8b")
+    for ctx in range(8192, 131073, 8192):
+        settings = RunSettings(ctx_tokens=ctx, runtime=Runtime.OLLAMA, flash_attention=False)
+        on = replace(settings, kv_type=KvType.Q8_0, flash_attention=True)
+        if not fits_entirely(rig, spec, settings, False) and fits_entirely(rig, spec, on, False):
+            break
+    else:
+        pytest.fail("no context where only a q8_0 cache fits")
+    assert not any("KV cache" in s for s in fit_model(rig, spec, settings).suggestions)
+    # llama-server gets -fa on from the unit: there the cache is a fair suggestion.
+    server = replace(settings, runtime=Runtime.LLAMA_SERVER)
+    assert any("q8_0 KV cache fits" in s for s in fit_model(rig, spec, server).suggestions)

@@ -20,6 +20,7 @@ from provision.models.estimate import (
     DeviceFootprint,
     KvType,
     RunSettings,
+    Runtime,
     assign_layers,
     compute_bytes,
     device_footprint,
@@ -29,6 +30,7 @@ from provision.models.estimate import (
     projector_footprint_bytes,
 )
 from provision.models.spec import ModelSpec
+from provision.placement.ollama_scheduler import flash_attention_supported
 from provision.units import MIB, gib
 
 # Headroom per GPU beyond the estimate: fragmentation, a driver update, a second small process.
@@ -371,10 +373,22 @@ def suggest(rig: Rig, spec: ModelSpec, settings: RunSettings, legacy: bool) -> l
     return found
 
 
+def _flash_attention_possible(rig: Rig, settings: RunSettings) -> bool:
+    """llama-server gets `-fa on` from us; Ollama turns it on by its own rule for the cards
+    (ml/device.go, as placement/ollama_scheduler.py models it), server-wide."""
+    if settings.flash_attention or settings.runtime != Runtime.OLLAMA:
+        return True
+    ccs = [g.compute_capability_tuple for g in rig.gpus if g.vendor == Vendor.NVIDIA]
+    return flash_attention_supported(ccs, rig.host.runtimes.get("ollama"))
+
+
 def _kv_suggestions(rig: Rig, spec: ModelSpec, settings: RunSettings, legacy: bool) -> list[str]:
     """The smaller KV caches, larger first: the first that fits, or that none does."""
     now = settings.kv_type.bytes_per_element
     smaller = [k for k in (KvType.Q8_0, KvType.Q4_0) if k.bytes_per_element < now]
+    if smaller and not _flash_attention_possible(rig, settings):
+        # A quantized cache needs flash attention; Ollama refuses it on these cards.
+        return []
     for kv in smaller:
         if fits_entirely(rig, spec, replace(settings, kv_type=kv, flash_attention=True), legacy):
             return [f"a {kv} KV cache fits (needs flash attention, which it turns on)"]
