@@ -218,6 +218,8 @@ def test_nginx_enabled_before_stays_enabled_after_replicas_and_back(root: Path) 
     assert "reload nginx.service: inputs changed: /etc/nginx/conf.d/provision-ollama.conf" in (
         back.stdout
     )
+    # nginx lets go of 11434 before the stock Ollama, restarted, binds it.
+    assert back.stdout.index("reload nginx.service") < back.stdout.index("restart ollama.service")
     assert enabled(root, "nginx.service") == "enabled"
     assert cli("diff", root, "ollama-auto").returncode == 0
     # The first plan that managed nginx recorded its state, and the backup keeps a copy.

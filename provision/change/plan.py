@@ -363,6 +363,12 @@ def _plan_restarts(
     dropped = set(_recorded_units(observed)) - set(units) - running_back
     order = [u.name for u in desired.units] + sorted(set(restarts) - set(units) - dropped)
     restarted = set()
+    # A unit given back (nginx once its site is removed) lets go of the ports those files had
+    # it listen on: reloaded before the restarts, so that the unit taking the port over (the
+    # stock Ollama on 11434) can bind it.
+    for name in sorted(set(reloads) - dropped - set(units) - set(restarts)):
+        section.act(ActionKind.RELOAD, name, "inputs changed: " + ", ".join(reloads[name]))
+        restarted.add(name)
     for name in order:
         verdict = _restart_verdict(units.get(name), observed.units.get(name), restarts.get(name))
         if verdict is None:
