@@ -15,7 +15,7 @@ import os
 import pwd
 import shutil
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -181,20 +181,7 @@ def _refuse_symlink(host: Host, target: str, dir_fd: int, name: str) -> None:
 
 
 def remove_file(host: Host, target: str) -> None:
-    directory, name = os.path.split(confine(target))
-    try:
-        dir_fd = _open_dir(host, directory, create=False)
-    except FileNotFoundError:
-        return
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-        os.fsync(dir_fd)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise HostError(f"{host.path(target)}: cannot remove: {exc.strerror}") from None
-    finally:
-        os.close(dir_fd)
+    _remove(host, target, os.unlink)
 
 
 def remove_tree(host: Host, target_dir: str) -> None:
@@ -203,18 +190,24 @@ def remove_tree(host: Host, target_dir: str) -> None:
     rmtree relative to the parent's fd, which it walks without following symlinks
     (shutil.rmtree.avoids_symlink_attacks on Linux): a link inside never leads out of it.
     """
-    parent, name = os.path.split(confine(target_dir))
+    _remove(host, target_dir, shutil.rmtree)
+
+
+def _remove(host: Host, target: str, remover: Callable[..., object]) -> None:
+    """`remover(name, dir_fd=...)` in target's parent, opened without following a symlink on
+    the way; a target (or parent) already absent is fine."""
+    parent, name = os.path.split(confine(target))
     try:
         dir_fd = _open_dir(host, parent, create=False)
     except FileNotFoundError:
         return
     try:
-        shutil.rmtree(name, dir_fd=dir_fd)
+        remover(name, dir_fd=dir_fd)
         os.fsync(dir_fd)
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise HostError(f"{host.path(target_dir)}: cannot remove: {exc.strerror}") from None
+        raise HostError(f"{host.path(target)}: cannot remove: {exc.strerror}") from None
     finally:
         os.close(dir_fd)
 
