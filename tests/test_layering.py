@@ -87,6 +87,8 @@ PURE = frozenset(
         "provision.render.filters",
         "provision.change.actions",
         "provision.change.plan",
+        "provision.change.plan_models",
+        "provision.change.plan_power",
         "provision.change.manifest",
         "provision.verify.checks",
         "provision.systemd",

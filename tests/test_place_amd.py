@@ -147,7 +147,7 @@ def test_override_is_global_when_the_other_card_natively_is_that_target() -> Non
 def test_dropping_amd_caps_leaves_the_restore_to_the_power_unit() -> None:
     """The cap script leaves with the last AMD cap; apply must not run it afterwards."""
     from provision.change.actions import ActionKind, Observed
-    from provision.change.plan import _plan_power
+    from provision.change.plan_power import plan_power
     from provision.desired import DesiredState
 
     device = "/sys/bus/pci/devices/0000:03:00.0"
@@ -160,7 +160,7 @@ def test_dropping_amd_caps_leaves_the_restore_to_the_power_unit() -> None:
         power_w={"GPU-9f781dc6258d77a7": 300.0},
         manifest=recorded,
     )
-    section = _plan_power(DesiredState(), observed)
+    section = plan_power(DesiredState(), observed)
     assert not [a for a in section.actions if a.kind == ActionKind.SET_POWER]
 
 

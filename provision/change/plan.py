@@ -14,13 +14,11 @@ apply refuses them without --force, as it refuses to replace such a file.
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from provision.change import prior
 from provision.change.actions import (
-    Action,
     ActionKind,
     FileDiff,
     Observed,
@@ -30,20 +28,17 @@ from provision.change.actions import (
     Section,
 )
 from provision.change.foreign import dropped_settings, overrides
-from provision.change.manifest import build_manifest, comparable, created_models, encode, sha256
+from provision.change.manifest import build_manifest, comparable, encode, sha256
+from provision.change.plan_models import plan_model_removals, plan_models, stock_ollama_warning
+from provision.change.plan_power import plan_power, plan_power_handover
 from provision.desired import MANAGED_HEADER, DesiredFile, DesiredState, DesiredUnit
-from provision.ollama import is_registry_model, normalize_model
 from provision.paths import (
-    AMDGPU_POWER_SCRIPT,
     ENABLED_BY_US,
     ENABLED_STATES,
     MANIFEST_PATH,
-    OLLAMA_UNIT,
-    POWER_UNIT,
     RUNNING_STATES,
     SYSTEMD_DIR,
     instances_of,
-    stock_ollama_beside,
     template_of,
     unit_file,
     unit_of_path,
@@ -51,7 +46,6 @@ from provision.paths import (
 
 # The header sits on the first line, or just after a shebang or a format's own first line.
 HEADER_SEARCH_LINES = 5
-POWER_TOLERANCE_W = 0.5  # nvidia-smi reports centiwatts; the driver rounds requested limits
 FOREIGN = (
     "{path} is not managed by provision (no header, not in the manifest): "
     "apply needs --force, which backs it up first"
@@ -75,16 +69,16 @@ def make_plan(desired: DesiredState, observed: Observed) -> Plan:
     back = prior.given_back(desired.units, observed)
     sections = [
         _plan_obsolete_units(desired, observed, back),
-        _plan_power_handover(desired, observed, dirty),
+        plan_power_handover(desired, observed, dirty),
         files,
         _plan_daemon_reload(dirty, observed),
         _plan_enable(desired, observed),
         prior.enable_given_back(back, observed),
-        _plan_power(desired, observed),
+        plan_power(desired, observed),
         _plan_restarts(desired, observed, dirty, previous, back),
     ]
-    models, created = _plan_models(desired, observed, dirty)
-    removals, kept = _plan_model_removals(desired, observed)
+    models, created = plan_models(desired, observed, dirty)
+    removals, kept = plan_model_removals(desired, observed)
     sections += [models, removals]
     manifest = build_manifest(desired, created | kept)
     states = prior.prior_states(desired.units, observed)
@@ -99,7 +93,7 @@ def make_plan(desired: DesiredState, observed: Observed) -> Plan:
         diffs=tuple(files.diffs),
         manifest=manifest,
         not_checked=_not_checked(desired, observed),
-        warnings=_stock_ollama_warning(desired, observed, actions),
+        warnings=stock_ollama_warning(desired, observed, actions),
         overrides=overrides(desired, observed, removed=set(previous) - wanted_paths(desired)),
     )
 
@@ -300,31 +294,6 @@ def _plan_obsolete_units(
     return section
 
 
-def _plan_power_handover(desired: DesiredState, observed: Observed, dirty: set[str]) -> Section:
-    """A GPU leaves the power unit: stop the unit while its old definition is loaded.
-
-    Its restart later runs the ExecStop of the new definition, which no longer names that GPU,
-    so the GPU would keep its planned limit until the next boot; the old ExecStop (and the AMD
-    cap script, still there before the files are written) puts its recorded default back. The
-    restart section then starts the unit under the new definition.
-    """
-    section = Section(observed.live)
-    wanted = {p.uuid for p in desired.power}
-    leaving = [
-        str(p.get("uuid"))
-        for p in (observed.manifest or {}).get("power", ())
-        if isinstance(p, Mapping) and p.get("uuid") not in wanted
-    ]
-    unit = observed.units.get(POWER_UNIT)
-    planned = any(u.name == POWER_UNIT and u.active for u in desired.units)
-    if not (leaving and planned and unit_file(POWER_UNIT) in dirty):
-        return section
-    if unit is not None and unit.active in RUNNING_STATES:
-        reason = f"{', '.join(leaving)} leave(s) it: its old ExecStop restores their default"
-        section.act(ActionKind.STOP, POWER_UNIT, reason)
-    return section
-
-
 def _inputs(
     desired: DesiredState, dirty: set[str], previous: Mapping[str, Mapping[str, Any]]
 ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -408,111 +377,6 @@ def _restart_verdict(
     return True, f"is {seen.active}"
 
 
-def _plan_power(desired: DesiredState, observed: Observed) -> Section:
-    section = Section(observed.live)
-    recorded = (observed.manifest or {}).get("power", ())
-    wanted = {p.uuid for p in desired.power}
-    targets = [(p.uuid, p.target_w, p.reason, p.device) for p in desired.power]
-    # The AMD cap script goes with the last AMD cap: the power unit's ExecStop, run when the
-    # unit is stopped, writes power1_cap_default back instead.
-    amd_script = any(f.path == AMDGPU_POWER_SCRIPT for f in desired.files)
-    for entry in recorded:
-        uuid, default_w = str(entry.get("uuid")), entry.get("default_w")
-        device = entry.get("device")
-        if uuid not in wanted and isinstance(device, str) and not amd_script:
-            section.noop(uuid, "no longer managed: the power unit's stop restores the default")
-            continue
-        if uuid not in wanted and isinstance(default_w, int | float):
-            targets.append(
-                (
-                    uuid,
-                    math.floor(default_w),  # whole watts, as the power unit's ExecStop
-                    "no longer managed: restore the default",
-                    device if isinstance(device, str) else None,
-                )
-            )
-    for uuid, target_w, reason, device in targets:
-        if observed.power_w is None:
-            section.noop(uuid, f"offline: limit not read (wanted {target_w:g} W)")
-            continue
-        current = observed.power_w.get(uuid)
-        if current is not None and abs(current - target_w) <= POWER_TOLERANCE_W:
-            section.noop(uuid, f"limit is {current:g} W, as wanted")
-            continue
-        source = f"{device}/hwmon/*/power1_cap" if device else "nvidia-smi"
-        refused = "" if current is not None else f"{source} gave no power limit for {uuid}"
-        detail = f"{'?' if current is None else f'{current:g}'} W -> {target_w:g} W"
-        section.act(
-            ActionKind.SET_POWER,
-            uuid,
-            reason,
-            detail=detail,
-            watts=target_w,
-            refused=refused,
-            source=device or "",
-        )
-    return section
-
-
-def _plan_models(
-    desired: DesiredState, observed: Observed, dirty: set[str]
-) -> tuple[Section, set[str]]:
-    """Pull missing bases, create missing or changed models; and the wanted models provision
-    created: those it created before, and those this plan creates where none was."""
-    section = Section(observed.live)
-    have = observed.ollama_models
-    ours = created_models(observed.manifest)
-    created = set()
-    for model in desired.models:
-        name = normalize_model(model.name)
-        base_missing = (
-            have is not None
-            and is_registry_model(model.base)
-            and normalize_model(model.base) not in have
-        )
-        if base_missing:
-            section.act(ActionKind.PULL_MODEL, model.base, f"base of {model.name} is missing")
-        if name in ours or (have is not None and name not in have):
-            created.add(name)
-        if model.modelfile_path in dirty:
-            reason = f"Modelfile changed: {model.modelfile_path}"
-        elif have is not None and name not in have:
-            reason = "missing"
-        elif have is None and observed.live:
-            reason = "Ollama API not reachable: cannot tell whether it exists"
-        else:
-            why = "exists" if have is not None else "offline: not asked whether it exists"
-            section.noop(model.name, f"{why}; Modelfile unchanged")
-            continue
-        section.act(ActionKind.CREATE_MODEL, model.name, reason, source=model.modelfile_path)
-    return section, created
-
-
-def _plan_model_removals(desired: DesiredState, observed: Observed) -> tuple[Section, set[str]]:
-    """Remove the models provision created that are no longer wanted (a renamed one, a dropped
-    one); never one it did not create. Returns those still to remove on a later apply."""
-    section = Section(observed.live)
-    wanted = {normalize_model(m.name) for m in desired.models}
-    have = observed.ollama_models
-    kept = set()
-    for name in sorted(created_models(observed.manifest) - wanted):
-        if not desired.models:
-            section.noop(name, "no longer wanted, but no Ollama is managed now: left in its store")
-            kept.add(name)
-        elif observed.live and have is None:
-            section.noop(
-                name, "no longer wanted; Ollama API not reachable: left for the next apply"
-            )
-            kept.add(name)
-        elif have is not None and name not in have:
-            section.noop(name, "no longer wanted and already absent")
-        else:
-            section.act(ActionKind.REMOVE_MODEL, name, "no longer wanted (provision created it)")
-            if not observed.live:
-                kept.add(name)  # skipped offline: still there for the next live apply
-    return section, kept
-
-
 def _plan_manifest(manifest: dict[str, Any], observed: Observed) -> Section:
     section = Section(observed.live)
     if comparable(observed.manifest) == manifest:
@@ -521,38 +385,6 @@ def _plan_manifest(manifest: dict[str, Any], observed: Observed) -> Section:
         why = "absent" if observed.manifest is None else "records another state"
         section.act(ActionKind.WRITE_MANIFEST, MANIFEST_PATH, f"{why}; written last")
     return section
-
-
-def _stock_ollama_warning(
-    desired: DesiredState, observed: Observed, actions: tuple[Action, ...]
-) -> tuple[str, ...]:
-    """The stock Ollama left running or enabled on GPUs a llama-server unit is planned on."""
-    seen = observed.units.get(OLLAMA_UNIT)
-    if seen is None or not stock_ollama_beside(u.name for u in desired.units):
-        return ()
-    if any(a.target == OLLAMA_UNIT and a.kind is ActionKind.DISABLE for a in actions):
-        return ()  # the plan itself stops and disables it
-    running = seen.active in RUNNING_STATES
-    if not running and seen.enabled not in ENABLED_STATES:
-        return ()
-    ours = {g: u.name for u in desired.units for g in u.gpu_uuids}
-    devices = observed.stock_ollama_devices
-    if not ours:
-        return ()
-    shared = sorted(ours) if not devices else sorted(set(devices) & set(ours))
-    if devices and all(d.startswith("GPU-") for d in devices) and not shared:
-        return ()  # it sees other GPUs only (by UUID)
-    state = "running" if running else f"{seen.enabled} (it starts at boot)"
-    if devices is None:
-        sees = "every GPU unless its environment says otherwise (not read offline)"
-    else:
-        sees = ", ".join(devices) or "every GPU"
-    units = sorted({ours[g] for g in shared} or set(ours.values()))
-    return (
-        f"{OLLAMA_UNIT} is {state} and sees {sees}, among them the GPUs of {', '.join(units)}: "
-        "a model it loads takes memory the plan counted for llama-server (stop it: systemctl "
-        f"disable --now {OLLAMA_UNIT}, or limit its CUDA_VISIBLE_DEVICES)",
-    )
 
 
 def _not_checked(desired: DesiredState, observed: Observed) -> tuple[str, ...]:

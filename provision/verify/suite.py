@@ -24,7 +24,7 @@ import pytest
 from provision import systemd
 from provision.change.manifest import sha256
 from provision.change.observe import parse_power_limits
-from provision.change.plan import POWER_TOLERANCE_W
+from provision.change.plan_power import POWER_TOLERANCE_W
 from provision.ollama import parse_tags
 from provision.paths import (
     NGINX_UNIT,
