@@ -132,3 +132,14 @@ def test_observe_waits_only_for_a_running_ollama_unit(
     )
     observe.observe(Host(root=tmp_path, live=True), desired)
     assert seen == [settle_s]
+
+
+def test_apply_waits_for_the_ollama_it_will_ask_to_answer(late_ollama: int) -> None:
+    """A model action after a restart: the API comes up a second later (as after a RestartSec),
+    and apply asks it then instead of failing on a refused connection."""
+    from provision.change.apply import await_ollama
+    from provision.errors import HostError
+
+    with pytest.raises(HostError, match=f"Ollama does not answer on 127.0.0.1:{late_ollama}"):
+        await_ollama(("127.0.0.1", late_ollama), 0.0)  # not up yet
+    await_ollama(("127.0.0.1", late_ollama), 10.0)

@@ -33,7 +33,7 @@ from provision.change.backup import (
 from provision.change.history import prune
 from provision.change.host import Host, open_lock_file, remove_file, write_atomic
 from provision.change.manifest import encode, units_from_manifest
-from provision.change.observe import ollama_address, read_file, read_manifest
+from provision.change.observe import ollama_address, ollama_state, read_file, read_manifest
 from provision.command import run
 from provision.desired import DesiredFile, DesiredUnit
 from provision.errors import HostError, ProvisionError, RolledBack
@@ -240,6 +240,7 @@ def _perform(
         else:
             _command(["nvidia-smi", "-i", target, "-pl", watts])
     elif kind in (ActionKind.PULL_MODEL, ActionKind.CREATE_MODEL, ActionKind.REMOVE_MODEL):
+        await_ollama(ollama_address(units.values()), settings.check_timeout_s)
         _command(_ollama(units, kind, target, action.source), PULL_TIMEOUT_S)
     else:
         raise AssertionError(f"no way to perform {kind}")
@@ -297,6 +298,21 @@ def _await_unit(host: Host, name: str, unit: DesiredUnit | None, timeout_s: floa
         )
     if unit is not None and unit.listen is not None:
         _await_port(name, unit.listen, deadline)
+
+
+def await_ollama(address: tuple[str, int], timeout_s: float) -> None:
+    """The Ollama the CLI will talk to answers as Ollama (its /api/tags), not merely something
+    on its port: a restarted ollama.service is active before it listens, and one that lost its
+    port to a listener still closing (nginx after a reload) exits and comes back after its
+    RestartSec=3 (the installer's unit), by which time the port is free."""
+    deadline = time.monotonic() + timeout_s
+    while ollama_state(address)[1] is None:
+        if time.monotonic() >= deadline:
+            raise HostError(
+                f"Ollama does not answer on {address[0]}:{address[1]} (asked for {timeout_s:g} s)",
+                hint="journalctl -u ollama -n 50 says why (for replicas: ollama@N)",
+            )
+        time.sleep(0.5)
 
 
 def _await_port(name: str, listen: tuple[str, int], deadline: float) -> None:
