@@ -147,3 +147,40 @@ def test_up_to_0_11_4_a_model_too_big_for_one_gpu_takes_them_all(sizes: ModelSiz
     assert [g.id for g in pick_best_full_fit(gpus, sizes) or []] == ["c", "b"]
     old = pick_best_full_fit(gpus, sizes, single_gpus_first=True) or []
     assert [g.id for g in old] == ["c", "b", "a"]
+
+
+# --- projectors (llm/memory.go EstimateGPULayers, v0.11.4 and v0.12.10) ------------------------
+
+VISION = 800 * MIB
+
+
+def test_a_projector_file_is_counted_on_gpu_0_and_a_vision_tower_with_the_output() -> None:
+    """The llama engine's mmproj weights go to the first GPU with room (gpuZeroOverhead); the
+    Ollama engine's vision weights and graph (VisionGraphSize) go with the output layer, on
+    whichever GPU takes it (memoryLastLayer)."""
+    room = MINIMUM_MEMORY_BYTES + GRAPH_PARTIAL + 4 * LAYER_SIZE + VISION + 1
+    gpus = [SchedGpu("0", "CUDA", room), SchedGpu("1", "CUDA", room)]
+    plain = estimate_gpu_layers(gpus, model_sizes(DUMMY, 2048, 512, 1))
+    separate = estimate_gpu_layers(gpus, model_sizes(DUMMY, 2048, 512, 1, "", VISION))
+    inside = estimate_gpu_layers(gpus, model_sizes(DUMMY, 2048, 512, 1, "", 0, VISION))
+    assert separate.gpu_bytes[0] - plain.gpu_bytes[0] == VISION
+    assert separate.gpu_bytes[1] == plain.gpu_bytes[1]
+    # The output goes to the GPU at (blocks placed mod GPUs with space): GPU 1 after 5 blocks.
+    output_gpu = N_BLOCKS % 2
+    assert inside.gpu_bytes[output_gpu] - plain.gpu_bytes[output_gpu] == VISION
+    assert inside.gpu_bytes[1 - output_gpu] == plain.gpu_bytes[1 - output_gpu]
+
+
+def test_a_vision_tower_too_big_beside_the_output_leaves_the_output_on_the_cpu() -> None:
+    room = MINIMUM_MEMORY_BYTES + GRAPH_PARTIAL + 8 * LAYER_SIZE
+    gpu = [SchedGpu("0", "CUDA", room)]
+    assert estimate_gpu_layers(gpu, model_sizes(DUMMY, 2048, 512, 1)).layers == N_BLOCKS + 1
+    big = estimate_gpu_layers(gpu, model_sizes(DUMMY, 2048, 512, 1, "", 0, room))
+    assert big.layers == N_BLOCKS  # the blocks only: the output layer and its tower overflow
+    assert big.total_bytes > big.vram_bytes
+
+
+def test_a_multimodal_model_gets_at_least_2048_tokens() -> None:
+    small = model_sizes(DUMMY, 512, 512, 1)
+    assert model_sizes(DUMMY, 512, 512, 1, "", VISION).kv_bytes[0] == 4 * small.kv_bytes[0]
+    assert model_sizes(DUMMY, 512, 512, 1, "", 0, VISION).kv_bytes[0] == 4 * small.kv_bytes[0]

@@ -260,7 +260,9 @@ def with_projector(
     if projector_bytes <= 0:
         return spec
     graph = graph_bytes or spec.projector_graph_bytes or DEFAULT_PROJECTOR_GRAPH_BYTES
-    return replace(spec, projector_bytes=projector_bytes, projector_graph_bytes=graph)
+    return replace(
+        spec, projector_bytes=projector_bytes, projector_graph_bytes=graph, projector_separate=True
+    )
 
 
 def mmproj_spec(spec: ModelSpec, path: str, shown: str | None = None) -> ModelSpec:

@@ -70,6 +70,9 @@ class ModelSpec:
     # for the largest image: both on the first GPU the model runs on.
     projector_bytes: int = 0
     projector_graph_bytes: int = 0
+    # The projector is a file of its own (an mmproj GGUF, Ollama's projector layer), not tensors
+    # of the model file: Ollama before 0.30 counts the two differently (ollama_families.py).
+    projector_separate: bool = False
 
     @property
     def n_embd_k_gqa(self) -> int:

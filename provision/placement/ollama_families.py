@@ -126,7 +126,12 @@ def legacy_layers(
     batch = num_batch or DEFAULT_NUM_BATCH
     graph_note = "" if graph_transcribed(spec.architecture) else "its graph size approximated"
     if which == Family.MEMORY_ESTIMATE:
-        sizes = model_sizes(spec, settings.ctx_tokens, batch, parallel, kv_type)
+        # llm/memory.go EstimateGPULayers (v0.11.4, v0.12.10): a projector file of the llama
+        # engine counts its weights on GPU 0 (gpuZeroOverhead); a vision tower inside the model
+        # its weights and graph with the output layer (VisionGraphSize, memoryLastLayer).
+        separate = spec.projector_bytes if spec.projector_separate else 0
+        inside = 0 if spec.projector_separate else spec.projector_bytes + spec.projector_graph_bytes
+        sizes = model_sizes(spec, settings.ctx_tokens, batch, parallel, kv_type, separate, inside)
         placed = place_with_estimate(
             gpus,
             sizes,
@@ -146,10 +151,15 @@ def legacy_layers(
         layers = [
             spec.layer_weight_bytes[il] + kv_bytes(spec, ours, [il]) for il in range(spec.n_layer)
         ]
-        layers.append(spec.output_bytes)
+        # Its backend loads v./mm. tensors with the output layer (ml/backend/ggml/ggml.go New:
+        # "TODO: assign vision tensors to the gpu if possible"), and the runner reserves the
+        # vision graph of a worst-case image there too (ollamarunner reserveWorstCaseGraph).
+        layers.append(spec.output_bytes + spec.projector_bytes + spec.projector_graph_bytes)
         graph = compute_bytes(spec, ours, holds_output=True)
         room, note = list(gpus), "on our estimate of what its runner reports"
     else:
+        # No projector: llamaServer.Load (v0.12.11 to v0.24.0) sums projectorMemoryRequirements
+        # over loadRequest.LoraPath, not ProjectorPath, so the mmproj it loads is not counted.
         sizes = model_sizes(spec, settings.ctx_tokens, batch, parallel, kv_type)
         room, layers, graph = llama_engine_layers(gpus, sizes)
         note = graph_note

@@ -25,6 +25,7 @@ from provision.units import MIB
 
 # ml/device.go MinimumMemory (discover/gpu.go cudaMinimumMemory/rocmMinimumMemory up to 0.11.4).
 MINIMUM_MEMORY_BYTES = 457 * MIB
+MULTIMODAL_MIN_CTX = 2048  # "multimodal models require at least 2048 context" (llm/memory.go)
 METAL_MINIMUM_MEMORY_BYTES = 512 * MIB
 # fs/ggml/ggml.go kvCacheBytesPerElement: bytes per cache element by OLLAMA_KV_CACHE_TYPE.
 KV_BYTES_PER_ELEMENT = {"q8_0": 1.0, "q4_0": 0.5, "f32": 4.0}
@@ -57,7 +58,11 @@ class ModelSizes:
     output_bytes: int  # output_norm + output (or token_embd when the head is tied)
     graph_partial_bytes: int
     graph_full_bytes: int
-    projector_bytes: int = 0  # an mmproj file, held on the first GPU with room
+    projector_bytes: int = 0  # an mmproj file (llama engine), held on the first GPU with room
+    # A vision tower inside the model file (Ollama's engine): its weights and graph go with the
+    # output layer (EstimateGPULayers: ollamaEngineProjectorWeights/Graph from
+    # GGML.VisionGraphSize, added to memoryLastLayer).
+    output_projector_bytes: int = 0
 
     @property
     def n_layer(self) -> int:
@@ -76,10 +81,15 @@ def model_sizes(
     num_parallel: int,
     kv_cache_type: str = "",
     projector_bytes: int = 0,
+    output_projector_bytes: int = 0,
 ) -> ModelSizes:
     """GGML.GraphSize (fs/ggml/ggml.go) at v0.12.10, called as estimateGPULayers calls it:
     context num_ctx x parallel, batch min(num_ctx, num_batch); `kv_cache_type` is the
-    OLLAMA_KV_CACHE_TYPE in effect (empty unless flash attention is on)."""
+    OLLAMA_KV_CACHE_TYPE in effect (empty unless flash attention is on). A multimodal model
+    gets at least MULTIMODAL_MIN_CTX (EstimateGPULayers raises opts.NumCtx for either kind of
+    projector)."""
+    if projector_bytes or output_projector_bytes:
+        num_ctx = max(num_ctx, MULTIMODAL_MIN_CTX)
     context = num_ctx * num_parallel
     batch = min(num_ctx, num_batch)
     embedding, heads, heads_kv = spec.n_embd, max(spec.n_head, 1), max(spec.n_head_kv, 1)
@@ -136,7 +146,15 @@ def model_sizes(
     if full == 0:
         full = partial
     blocks = spec.layer_weight_bytes
-    return ModelSizes(tuple(blocks), tuple(kv), spec.output_bytes, partial, full, projector_bytes)
+    return ModelSizes(
+        tuple(blocks),
+        tuple(kv),
+        spec.output_bytes,
+        partial,
+        full,
+        projector_bytes,
+        output_projector_bytes,
+    )
 
 
 @dataclass(frozen=True)
@@ -200,7 +218,7 @@ def estimate_gpu_layers(
         if not with_space:
             overflow += layer_size
     fully_loaded = layer_count >= n_layer
-    last = sizes.output_bytes
+    last = sizes.output_bytes + sizes.output_projector_bytes
     if last > 0:
         if num_gpu < 0 or layer_count < num_gpu:
             for j in range(len(with_space), 0, -1):
