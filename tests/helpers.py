@@ -70,3 +70,17 @@ def install_in_ollama_store(
             }
         )
     manifest.write_text(json.dumps({"schemaVersion": 2, "layers": layers}))
+
+
+def accuracy_check(*args: str, timeout_s: float = 300) -> str:
+    """bench/estimate_accuracy.py --check with `args`: its stdout, after it said it passed."""
+    result = subprocess.run(
+        [sys.executable, "bench/estimate_accuracy.py", *args, "--check"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "CI check: passed" in result.stdout
+    return result.stdout

@@ -3,26 +3,15 @@ a compute buffer, a KV cache or a per-GPU footprint by more than 5% is an OOM an
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import yaml
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, accuracy_check
 
 LOGS = REPO_ROOT / "bench/real_logs.yaml"
 
 
 def test_no_real_load_is_underestimated_by_more_than_5_percent() -> None:
-    result = subprocess.run(
-        [sys.executable, "bench/estimate_accuracy.py", "--real-logs", "--check"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "CI check: passed" in result.stdout
+    accuracy_check("--real-logs", timeout_s=120)
 
 
 def test_every_log_is_cited_and_says_what_ran() -> None:
