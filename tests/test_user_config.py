@@ -229,6 +229,11 @@ def test_nginx_enabled_before_stays_enabled_after_replicas_and_back(root: Path) 
     first = sorted((root / "var/lib/provision/backups").glob("*/index.json"))[0]
     index = json.loads(first.read_text())
     assert index["prior_units"] == manifest["prior_units"]
+    # Back on replicas, the way back again lists nginx's reload once, as an action (-v).
+    assert cli("apply", root, "ollama-replicas").returncode == 0
+    listed = cli("diff", root, "ollama-auto", "-v").stdout
+    assert "reload not needed: restarted anyway" not in listed
+    assert listed.count("nginx.service: inputs changed") == 1
 
 
 def test_nginx_that_was_disabled_is_disabled_again(root: Path) -> None:

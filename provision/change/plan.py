@@ -335,7 +335,8 @@ def _plan_restarts(
     # A unit given back (nginx once its site is removed) lets go of the ports those files had
     # it listen on: reloaded before the restarts, so that the unit taking the port over (the
     # stock Ollama on 11434) can bind it.
-    for name in sorted(set(reloads) - dropped - set(units) - set(restarts)):
+    released = sorted(set(reloads) - dropped - set(units) - set(restarts))
+    for name in released:
         section.act(ActionKind.RELOAD, name, "inputs changed: " + ", ".join(reloads[name]))
         restarted.add(name)
     for name in order:
@@ -349,7 +350,7 @@ def _plan_restarts(
         missing = _missing_unit(name, desired, observed)
         section.act(ActionKind.RESTART, name, reason, refused=missing)
         restarted.add(name)
-    for name in sorted(set(reloads) - dropped):
+    for name in sorted(set(reloads) - dropped - set(released)):
         if name in restarted:
             section.noop(name, "reload not needed: restarted anyway")
         elif units.get(name) is None or units[name].active:
