@@ -3,8 +3,10 @@
 `diff` prints a Plan and `apply` executes the very same object, so a dry run cannot disagree with
 a real run. The observations are plain data filled in by provision.change.host; nothing here touches
 the host. Order of a plan: stop and disable what is no longer wanted, write and remove files, one
-daemon-reload, enable, power limits, restarts, reloads, models (created, then the ones provision
-created and no longer wants removed), and the manifest last.
+daemon-reload, enable, power limits, restarts (a unit given back reloads first: it lets go of a
+port the restarted one binds), reloads, models (created, then the ones provision created and no
+longer wants removed), and the manifest last. Power limits and models have modules of their own
+(plan_power, plan_models).
 
 Beside the actions, a plan lists the settings of ours that files provision does not manage
 override (`Plan.overrides`: a `systemctl edit` override.conf, a drop-in sorting after ours):
