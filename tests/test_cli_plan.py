@@ -214,3 +214,17 @@ def test_an_mmproj_file_is_loaded_sized_and_checked_in_the_targets_tree(tmp_path
     relative.write_text("models: [{ref: gemma3:4b, mmproj: sub dir/x.gguf}]\n")
     spaced = run_provision("plan", "--rig", RIG_2X3090, "--profile", str(relative))
     assert spaced.returncode == 2 and "models[0].mmproj" in spaced.stderr
+
+
+def test_the_profiles_description_is_shown_on_one_line(tmp_path: Path) -> None:
+    profile = tmp_path / "p.yaml"
+    profile.write_text(
+        'description: "chat box\\nwarning: not ours"\nmodels: [{ref: llama3.1:8b}]\n'
+    )
+    text = run_provision("plan", "--rig", RIG_2X3090, "--profile", str(profile))
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines()[1] == "  chat box warning: not ours"
+    document = json.loads(
+        run_provision("plan", "--rig", RIG_2X3090, "--profile", str(profile), "--json").stdout
+    )
+    assert document["description"] == "chat box\nwarning: not ours"

@@ -261,6 +261,7 @@ def placement_to_plain(placement: Placement, desired: DesiredState) -> dict[str,
     gpu_by_uuid = {g.uuid: g for g in placement.rig.gpus}
     return {
         "profile": profile.name,
+        "description": profile.description,
         "runtime": profile.runtime.value,
         "ollama_version": placement.ollama_version,
         "instances": [
@@ -364,10 +365,17 @@ def _gpu_bars(placement: Placement) -> list[str]:
     return lines
 
 
+def _one_line(text: str) -> str:
+    """A profile's free text on one line: a newline in it cannot pass for a line of ours."""
+    return " ".join(text.split())
+
+
 def placement_text(placement: Placement, desired: DesiredState) -> str:
     p = placement.profile
-    lines = [f"profile {p.name} ({p.source}): runtime {p.runtime}", "", "traits:",
-             traits_text(placement.traits), "", "models:"]  # fmt: skip
+    lines = [f"profile {p.name} ({p.source}): runtime {p.runtime}"]
+    if p.description:
+        lines.append(f"  {_one_line(p.description)}")
+    lines += ["", "traits:", traits_text(placement.traits), "", "models:"]
     for m in placement.models:
         where = ",".join(map(str, m.gpu_indices)) or "-"
         lines.append(f"  {m.entry.ref} -> {m.name}: {m.fit.verdict} on GPU {where}")
