@@ -9,6 +9,7 @@ instead of rendering one from --rig and --profile: a testing and automation aid 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -52,13 +53,7 @@ def _action_to_plain(index: int | None, action: Action) -> dict[str, Any]:
 
 
 def _override_to_plain(override: Override) -> dict[str, Any]:
-    return {
-        "unit": override.unit,
-        "key": override.key,
-        "ours": override.ours,
-        "theirs": override.theirs,
-        "path": override.path,
-    }
+    return dataclasses.asdict(override)  # unit, key, ours, theirs, path: the schema's override
 
 
 def print_warnings(warnings: tuple[str, ...]) -> None:

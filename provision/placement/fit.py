@@ -373,13 +373,19 @@ def suggest(rig: Rig, spec: ModelSpec, settings: RunSettings, legacy: bool) -> l
     return found
 
 
+def ollama_enables_flash_attention(rig: Rig, version: str | None) -> bool:
+    """Ollama's own rule for these GPUs, server-wide (ml/device.go, as
+    placement/ollama_scheduler.py models it): ROCm devices always qualify, so only the CUDA
+    cards count."""
+    ccs = [g.compute_capability_tuple for g in rig.gpus if g.vendor == Vendor.NVIDIA]
+    return flash_attention_supported(ccs, version)
+
+
 def _flash_attention_possible(rig: Rig, settings: RunSettings) -> bool:
-    """llama-server gets `-fa on` from us; Ollama turns it on by its own rule for the cards
-    (ml/device.go, as placement/ollama_scheduler.py models it), server-wide."""
+    """llama-server gets `-fa on` from us; Ollama turns it on by its own rule for the cards."""
     if settings.flash_attention or settings.runtime != Runtime.OLLAMA:
         return True
-    ccs = [g.compute_capability_tuple for g in rig.gpus if g.vendor == Vendor.NVIDIA]
-    return flash_attention_supported(ccs, rig.host.runtimes.get("ollama"))
+    return ollama_enables_flash_attention(rig, rig.host.runtimes.get("ollama"))
 
 
 def _kv_suggestions(rig: Rig, spec: ModelSpec, settings: RunSettings, legacy: bool) -> list[str]:

@@ -14,14 +14,20 @@ from dataclasses import replace
 from provision import ollama, paths
 from provision.errors import InputError, ProfileFieldError
 from provision.hardware.classify import RigTraits, TraitKind, classify, gpu_label, gpu_labels
-from provision.hardware.rig import Gpu, Rig, Vendor
+from provision.hardware.rig import Gpu, Rig
 from provision.models.estimate import KvType, RunSettings, Runtime
 from provision.models.spec import ModelSpec
 from provision.placement import instances, power
 from provision.placement.decisions import ModelPlacement, Placement
-from provision.placement.fit import FitResult, Verdict, fit_model, resident_bytes, whole_fit
+from provision.placement.fit import (
+    FitResult,
+    Verdict,
+    fit_model,
+    ollama_enables_flash_attention,
+    resident_bytes,
+    whole_fit,
+)
 from provision.placement.instances import server_parallel
-from provision.placement.ollama_scheduler import flash_attention_supported
 from provision.placement.profile import ModelEntry, Profile
 
 WHOLE = (Verdict.SINGLE_GPU, Verdict.SPLIT)
@@ -258,9 +264,7 @@ def _flash_attention_ok(
     needs it, is refused where it will not."""
     if profile.runtime != Runtime.OLLAMA:
         return True  # llama-server gets -fa on|off on its command line
-    # ROCm devices always qualify (ml/device.go FlashAttentionSupported): only CUDA cards count.
-    ccs = [g.compute_capability_tuple for g in rig.gpus if g.vendor == Vendor.NVIDIA]
-    if flash_attention_supported(ccs, version):
+    if ollama_enables_flash_attention(rig, version):
         return True
     wanted = [m for m in profile.models if m.kv_type != KvType.F16]
     cards = ", ".join(f"{gpu_label(g)} (CC {g.compute_capability or '?'})" for g in rig.gpus)

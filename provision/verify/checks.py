@@ -76,7 +76,8 @@ def checks_for(manifest: Mapping[str, Any], live: bool, loaded: bool = False) ->
         )
         for u in units
     ]
-    checks += [c for u in units if (c := _override_check(str(u["name"]), files)) is not None]
+    overrides = (_sources_check(CheckKind.OVERRIDE, str(u["name"]), files) for u in units)
+    checks += [c for c in overrides if c is not None]
     if not live:
         return tuple(checks)
     running = [u for u in units if u["active"] and not _oneshot(u)]
@@ -85,7 +86,8 @@ def checks_for(manifest: Mapping[str, Any], live: bool, loaded: bool = False) ->
         Check(CheckKind.PORT, host_port((str(p["host"]), int(p["port"]))), {"unit": str(p["unit"])})
         for p in ports
     ]
-    checks += [c for u in running if (c := _env_check(str(u["name"]), files)) is not None]
+    environments = (_sources_check(CheckKind.ENV, str(u["name"]), files) for u in running)
+    checks += [c for c in environments if c is not None]
     checks += _http_checks(running)
     public_unit, public = _public_address(running)
     for model in _records(manifest, "models", ("name",)):
@@ -343,21 +345,14 @@ def env_sources(unit: str, files: Sequence[Mapping[str, Any]]) -> list[str]:
     return sorted(main) + sorted(dropins, key=lambda p: p.rsplit("/", 1)[-1])
 
 
-def _override_check(unit: str, files: Sequence[Mapping[str, Any]]) -> Check | None:
-    """Live and offline: what systemd merges is in the files, whether or not it runs."""
+def _sources_check(kind: CheckKind, unit: str, files: Sequence[Mapping[str, Any]]) -> Check | None:
+    """A check over the files systemd merges for the unit (its environment, or the managed
+    settings an override would take away); None when the manifest has none for it."""
     sources = env_sources(unit, files)
     if not sources:
         return None
     managed = {str(f["path"]): str(f["sha256"]) for f in files}
-    return Check(CheckKind.OVERRIDE, unit, {"sources": sources, "managed": managed})
-
-
-def _env_check(unit: str, files: Sequence[Mapping[str, Any]]) -> Check | None:
-    sources = env_sources(unit, files)
-    if not sources:
-        return None
-    managed = {str(f["path"]): str(f["sha256"]) for f in files}
-    return Check(CheckKind.ENV, unit, {"sources": sources, "managed": managed})
+    return Check(kind, unit, {"sources": sources, "managed": managed})
 
 
 # --- placement once loaded (--loaded) ---------------------------------------------------------
