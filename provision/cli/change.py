@@ -192,6 +192,14 @@ def diff(
     ctx.exit(int(ExitCode.OK if plan.in_sync else ExitCode.CHANGES_PENDING))
 
 
+def _warn(warnings: tuple[str, ...], as_json: bool) -> None:
+    """apply's warnings on stderr (the --json document stays alone on stdout), and in the
+    document too, where they stay even when an error ends the run."""
+    print_warnings(warnings)
+    if as_json:
+        envelope.warn(warnings)
+
+
 def _confirmation_possible(yes: bool) -> None:
     if not yes and not sys.stdin.isatty():
         raise InputError(
@@ -277,14 +285,10 @@ def apply(
         rig_file, sysfs, profile_ref, desired_json, allow_partial, root, stock_ollama_store(host)
     )
     # Before anything else, and before the confirmation: what the plan warns about.
-    print_warnings(warnings)
-    if as_json:
-        envelope.warn(warnings)
+    _warn(warnings, as_json)
     if dry_run:
         plan = make_plan(desired, observe(host, desired))
-        print_warnings(plan.warnings)  # stderr: the --json document stays alone on stdout
-        if as_json:
-            envelope.warn(plan.warnings)
+        _warn(plan.warnings, as_json)
         _show(plan, host, as_json, verbose, force)
         _refused_anyway(plan)
         if not as_json:
@@ -295,9 +299,7 @@ def apply(
     report = _reporter(as_json)
     with locked(host, lock_timeout, report):
         plan = make_plan(desired, observe(host, desired))
-        print_warnings(plan.warnings)  # stderr: the --json document stays alone on stdout
-        if as_json:
-            envelope.warn(plan.warnings)
+        _warn(plan.warnings, as_json)
         if plan.in_sync:
             if not as_json:  # nothing to apply, but the host does not run what was planned
                 print_overrides(plan, force=True)
