@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,15 @@ class Box:
         result = self.provision("verify", "--json", *extra)
         assert result.returncode in (0, 1), result.stdout + result.stderr
         return result.returncode, json.loads(result.stdout)
+
+    def restart_ollama(self, timeout: float = 30.0) -> None:
+        """Restart the stock service and wait until it answers, as an operator would: the unit
+        is Type=simple (Ollama's install.sh), so systemctl returns before the port is bound."""
+        assert self.run("systemctl", "restart", "ollama.service").returncode == 0
+        deadline = time.monotonic() + timeout
+        while self.run("ollama", "list").returncode != 0:
+            assert time.monotonic() < deadline, self.run("journalctl", "-u", "ollama").stdout
+            time.sleep(0.2)
 
     def converge(self) -> None:
         """diff shows changes, apply makes them, diff is clean, and all holds after a reboot."""
@@ -350,7 +360,7 @@ def test_a_users_override_conf_is_refused_forced_and_failed_by_verify(
     box = make_box(RIG_2X3090, "ollama-auto")
     box.container.put(OVERRIDE_CONF, "[Service]\nEnvironment=OLLAMA_CONTEXT_LENGTH=2048\n")
     box.run("systemctl", "daemon-reload")
-    box.run("systemctl", "restart", "ollama.service")
+    box.restart_ollama()
     said = f"ollama.service: OLLAMA_CONTEXT_LENGTH sets '2048' in {OVERRIDE_CONF}"
 
     diff = box.provision("diff", "--rig", "/root/rig.yaml", "--profile", "ollama-auto")
@@ -373,7 +383,7 @@ def test_a_users_override_conf_is_refused_forced_and_failed_by_verify(
 
     box.run("rm", OVERRIDE_CONF)
     box.run("systemctl", "daemon-reload")
-    box.run("systemctl", "restart", "ollama.service")
+    box.restart_ollama()
     assert ids(assert_verified(box)) == AUTO_CHECKS
 
 
@@ -387,7 +397,7 @@ def test_nginx_running_before_is_given_back_and_replicas_share_the_stock_store(
     box.run("install", "-d", "-o", "ollama", "-g", "ollama", "/srv/models")
     box.container.put(OVERRIDE_CONF, "[Service]\nEnvironment=OLLAMA_MODELS=/srv/models\n")
     box.run("systemctl", "daemon-reload")
-    box.run("systemctl", "restart", "ollama.service")
+    box.restart_ollama()
     assert box.run("ollama", "pull", "llama3.1:8b").returncode == 0
     assert box.run("systemctl", "enable", "--now", "nginx.service").returncode == 0
     assert nginx_state(box) == ("enabled", "active")
@@ -471,7 +481,7 @@ def test_failed_rollback_is_caught_by_verify(make_box: Callable[[str, str], Box]
     assert "auto-restart" in failures(report)["unit:ollama.service"]
 
     box.run("rm", "/etc/ollama-standin/fail-start")
-    box.run("systemctl", "restart", "ollama.service")
+    box.restart_ollama()
     assert_verified(box)
 
 
